@@ -1,0 +1,109 @@
+"""Self-describing checkpoints: weights + model name/arguments + class names + preprocessing + config +
+metrics (+ optimizer state for resuming). Plain tensors and Python types only, loaded with
+``weights_only=True``; never a pickled model. Writes are atomic (temp file, then rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .preprocess import CLASSES, INPUT_SIZE, MEAN, STD
+
+FORMAT = "emolens-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not an emolens checkpoint, or one that does not match its recorded hash."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def preprocess_spec() -> dict[str, Any]:
+    return {"input_size": INPUT_SIZE, "channels": 1, "mean": MEAN, "std": STD, "color": "gray",
+            "resize": "area (shrink) / bilinear (enlarge)"}
+
+
+def make_checkpoint(model, *, config: dict | None = None, metrics: dict | None = None,
+                    history: list | None = None, half: bool = False, **extra) -> dict[str, Any]:
+    """The checkpoint dict for ``model`` (built by ``create_model``). ``half`` stores float weights as
+    float16 (half the size; they are cast back on load) for shipping."""
+    import torch
+
+    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    return {
+        "format": FORMAT, "version": VERSION,
+        "model": {"name": model.model_name, "kwargs": dict(model.model_kwargs)},
+        "state_dict": state, "classes": list(CLASSES), "preprocess": preprocess_spec(),
+        "config": config or {}, "metrics": metrics or {}, "history": history or [],
+        "torch_version": torch.__version__, **extra,
+    }
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint file; CheckpointError when it is not one."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not an emolens checkpoint ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an emolens checkpoint (no '{FORMAT}' header)")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """(model in eval mode on ``device``, checkpoint dict without the weights)."""
+    from .models import create_model
+
+    ckpt = read_checkpoint(path)
+    model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt.pop("state_dict").items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit model {ckpt['model']['name']!r} ({e})") from None
+    for k in ("optimizer", "scheduler", "scaler", "rng"):
+        ckpt.pop(k, None)
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,133 @@
+"""The ``emolens`` command: parses arguments and calls the Python API, nothing more.
+
+Each verb has an ``_add_<verb>(subparsers)`` that declares its options and a ``_cmd_<verb>(args)`` that
+calls the API. Errors the user can fix exit with code 2 and one line on stderr; set EMOLENS_DEBUG=1 for a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from . import __version__
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; printed as one line, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data import DataError
+    from .runtime import ModelError
+
+    errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, ModelError, FileNotFoundError,
+                                         PermissionError, IsADirectoryError, NotADirectoryError]
+    try:
+        from .checkpoint import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="inspect FER data", description="Inspect FER2013 data in any supported form.")
+    dsub = p.add_subparsers(dest="data_cmd", metavar="{stats}", required=True)
+    s = dsub.add_parser("stats", help="per-split, per-class counts, charts, sample grid, duplicates",
+                        description="Counts per split and class (table, CSV, JSON), a class-distribution chart "
+                                    "and a sample grid (PNG, 300 DPI), and exact-pixel duplicates.")
+    s.add_argument("data", nargs="?", default=None,
+                   help="Kaggle folder or .zip, fer2013.csv, or <class>/ folder (default: the bundled sample)")
+    s.add_argument("--out", default=None, help="folder for CSV/JSON/PNG outputs (default: runs/stats/<name>)")
+    s.add_argument("--skip-bad", action="store_true", help="skip unreadable images/rows (counted) instead of failing")
+    s.add_argument("--no-cache", action="store_true", help="decode again instead of using the cache")
+
+
+def _cmd_data(args) -> int:
+    from .data import dataset_stats
+
+    dataset_stats(args.data, out=args.out, skip_bad=args.skip_bad, cache=not args.no_cache)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> None:
+    from .config import add_config_arguments
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train a model",
+                       description="Train an emotion model. Options come from defaults, then --config YAML, then "
+                                   "the --key value flags below. The resolved config, per-epoch metrics (CSV/JSON), "
+                                   "learning curves and checkpoints (best.pt, last.pt) go to the run folder.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file of options")
+    p.add_argument("--resume", default=None, help="continue a run from its last.pt (or run folder)")
+    p.add_argument("--task", choices=["image", "sequence"], default="image",
+                   help="image: the frame classifier; sequence: the temporal model over frames")
+    add_config_arguments(p, TrainConfig)
+
+
+def _cmd_train(args) -> int:
+    if args.task == "sequence":
+        from .video import train_sequence_cli
+
+        return train_sequence_cli(args)
+    from .config import load_config, overrides_from_args
+    from .train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, args.config, overrides_from_args(args, TrainConfig))
+    train(cfg, resume=args.resume)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+#: verbs in the order --help lists them; each module's section above adds its own.
+_VERBS = ["predict", "evaluate", "train", "export", "video", "webcam", "serve", "data", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emolens",
+        description="Facial emotion recognition (angry, disgust, fear, happy, neutral, sad, surprise) in photos, "
+                    "videos, webcams and over HTTP. Run `emolens VERB --help` for each verb.")
+    parser.add_argument("--version", action="version", version=f"emolens {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="VERB")
+    for verb in _VERBS:
+        adder = globals().get(f"_add_{verb}")
+        if adder is not None:
+            adder(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.cmd:
+        parser.print_help()
+        return 0
+    handler = globals()[f"_cmd_{args.cmd.replace('-', '_')}"]
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # never show a traceback to a user unless asked
+        if os.environ.get("EMOLENS_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e} (set EMOLENS_DEBUG=1 for details)", file=sys.stderr)
+        return 1

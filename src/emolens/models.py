@@ -1,0 +1,174 @@
+"""Model registry: ``create_model(name, **kw)``, ``list_models()``.
+
+Every image model maps (B, 1, 48, 48) normalised faces to (B, 7) logits and splits into
+``forward_features`` (the CNN, (B, C, h, w) feature map) and ``forward_head`` (LSTM or pooled FC), so the
+video model can reuse the frame encoder (``forward_head(f, pre_logits=True)`` gives a (B, D) embedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("cnn_lstm", widths=(32, 64, 128, 256))``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    model = _REGISTRY[name](**kwargs)
+    model.model_name = name
+    model.model_kwargs = dict(kwargs)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class VGGBackbone(nn.Module):
+    """Blocks of ``convs_per_block`` (conv 3x3 + BN + ReLU), then 2x2 max-pool and dropout.
+
+    (B, in_chans, 48, 48) -> (B, widths[-1], 48 / 2**len(widths), ...): four blocks give a 3x3 map.
+    """
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), convs_per_block: int = 2,
+                 in_chans: int = 1, drop: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        for width in widths:
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                           nn.ReLU(inplace=True)]
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+            if drop > 0:
+                layers.append(nn.Dropout2d(drop))
+        self.body = nn.Sequential(*layers)
+        self.out_chans = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class CNNClassifier(nn.Module):
+    """Baseline: backbone, global average pool, dropout, linear. The head the LSTM is compared with."""
+
+    def __init__(self, num_classes: int = 7, widths: Sequence[int] = (32, 64, 128, 256), convs_per_block: int = 2,
+                 drop: float = 0.1, head_drop: float = 0.3, hidden: int = 256):
+        super().__init__()
+        self.backbone = VGGBackbone(widths, convs_per_block, drop=drop)
+        c = self.backbone.out_chans
+        self.pre = nn.Sequential(nn.Flatten(), nn.Dropout(head_drop), nn.Linear(c, hidden), nn.BatchNorm1d(hidden),
+                                 nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(nn.Dropout(head_drop), nn.Linear(hidden, num_classes))
+        self.embed_dim = hidden
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # (B, C, 3, 3)
+
+    def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        z = self.pre(f.mean(dim=(2, 3)))  # (B, hidden)
+        return z if pre_logits else self.fc(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class CNNLSTMClassifier(CNNClassifier):
+    """The default: the CNN's h x w feature map is read as a sequence of h*w positions (row-major) by a
+    bidirectional LSTM; the final states of both directions, concatenated, go to the classifier."""
+
+    def __init__(self, num_classes: int = 7, widths: Sequence[int] = (32, 64, 128, 256), convs_per_block: int = 2,
+                 drop: float = 0.1, head_drop: float = 0.3, lstm_hidden: int = 96, bidirectional: bool = True):
+        super().__init__(num_classes, widths, convs_per_block, drop, head_drop)
+        c = self.backbone.out_chans
+        self.lstm = nn.LSTM(c, lstm_hidden, batch_first=True, bidirectional=bidirectional)
+        dim = lstm_hidden * (2 if bidirectional else 1)
+        del self.pre
+        self.pre = nn.Sequential(nn.LayerNorm(dim))
+        self.fc = nn.Sequential(nn.Dropout(head_drop), nn.Linear(dim, num_classes))
+        self.embed_dim = dim
+
+    def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        seq = f.flatten(2).transpose(1, 2)  # (B, h*w, C): one step per spatial position
+        _, (h, _) = self.lstm(seq)  # h: (num_directions, B, H)
+        z = self.pre(torch.cat(list(h), dim=1))  # (B, H * num_directions)
+        return z if pre_logits else self.fc(z)
+
+
+class ReferenceCNNRNNLSTM(nn.Module):
+    """The original design, as in its Keras source: four conv blocks (64 3x3, 128 5x5, 512 3x3, 512 3x3;
+    each BN, ReLU, 2x2 max-pool, dropout 0.25) -> 3x3x512 map read as 9 steps -> SimpleRNN 64 ->
+    LSTM 64 -> Dense 256 and 512 (BN, ReLU, dropout 0.25) -> 7. Keras counts 3,385,415 parameters:
+    see :func:`keras_parameter_count` for why PyTorch's own count differs."""
+
+    def __init__(self, num_classes: int = 7, drop: float = 0.25):
+        super().__init__()
+        blocks = []
+        c_in = 1
+        for width, k in ((64, 3), (128, 5), (512, 3), (512, 3)):
+            blocks += [nn.Conv2d(c_in, width, k, padding=k // 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2), nn.Dropout(drop)]
+            c_in = width
+        self.features = nn.Sequential(*blocks)
+        self.rnn = nn.RNN(512, 64, batch_first=True)  # tanh SimpleRNN, returns the sequence
+        self.lstm = nn.LSTM(64, 64, batch_first=True)
+        self.pre = nn.Sequential(
+            nn.Linear(64, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(drop),
+            nn.Linear(256, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(drop))
+        self.fc = nn.Linear(512, num_classes)
+        self.embed_dim = 512
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, 512, 3, 3)
+
+    def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        seq, _ = self.rnn(f.flatten(2).transpose(1, 2))  # (B, 9, 64)
+        _, (h, _) = self.lstm(seq)
+        z = self.pre(h[-1])
+        return z if pre_logits else self.fc(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def keras_parameter_count(model: nn.Module) -> int:
+    """Parameter count as Keras reports it: Keras counts BN moving mean/variance as (non-trainable)
+    parameters where PyTorch keeps them as buffers, and its RNN/LSTM layers have one bias vector where
+    PyTorch has two (``bias_ih`` and ``bias_hh``)."""
+    n = count_parameters(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n += m.running_mean.numel() + m.running_var.numel()
+        if isinstance(m, nn.RNNBase):
+            n -= sum(p.numel() for name, p in m.named_parameters() if name.startswith("bias_hh"))
+    return n
+
+
+@register_model
+def cnn_lstm(**kw) -> nn.Module:
+    return CNNLSTMClassifier(**kw)
+
+
+@register_model
+def cnn(**kw) -> nn.Module:
+    return CNNClassifier(**kw)
+
+
+@register_model
+def reference(**kw) -> nn.Module:
+    return ReferenceCNNRNNLSTM(**kw)

@@ -1,0 +1,182 @@
+"""Inference runtimes behind one interface: ``load_classifier(model, runtime)`` returns an object with
+``predict_proba(faces)`` where ``faces`` is (N, 48, 48) uint8 from :func:`emolens.preprocess.preprocess`.
+
+ONNX Runtime is the default (no torch needed to predict); the torch path loads a ``.pt`` checkpoint and
+gives the same numbers. Test-time augmentation (TTA) is done here, once, for every caller.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .preprocess import CLASSES, INPUT_SIZE, MEAN, STD, normalize
+
+TTA = Literal["none", "flip", "crops"]
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+DEFAULT_MODEL = "emolens_cnn_lstm"
+
+#: ONNX metadata keys written by ``emolens.export`` (values are JSON strings).
+META_KEYS = ("emolens.format", "emolens.model", "emolens.classes", "emolens.preprocess", "emolens.metrics",
+             "emolens.source_sha256")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used (missing, not a model, wrong inputs)."""
+
+
+def default_model_path(kind: Literal["onnx", "pt"] = "onnx") -> Path:
+    """The shipped weights inside the package."""
+    return WEIGHTS_DIR / f"{DEFAULT_MODEL}.{kind}"
+
+
+def tta_views(faces: np.ndarray, tta: str = "none") -> list[np.ndarray]:
+    """(N, 48, 48) uint8 -> list of views to average: none = [x]; flip = [x, mirrored x];
+    crops = the five 44x44 crops (corners + centre) resized back to 48 plus their mirrors (10 views)."""
+    if tta == "none":
+        return [faces]
+    if tta == "flip":
+        return [faces, faces[:, :, ::-1]]
+    if tta == "crops":
+        import cv2
+
+        s, c = faces.shape[1], 44
+        offs = [(0, 0), (0, s - c), (s - c, 0), (s - c, s - c), ((s - c) // 2, (s - c) // 2)]
+        views = []
+        for y, x in offs:
+            crop = np.stack([cv2.resize(np.ascontiguousarray(f[y:y + c, x:x + c]), (s, s),
+                                        interpolation=cv2.INTER_LINEAR) for f in faces]) if len(faces) else faces
+            views += [crop, crop[:, :, ::-1]]
+        return views
+    raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Classifier:
+    """Common part: TTA, batching, softmax. Subclasses implement ``_logits(x)`` on (B, 1, 48, 48) float32."""
+
+    name: str = ""
+    classes: tuple[str, ...] = CLASSES
+    metrics: dict[str, Any]
+    path: Path
+    runtime: str = ""
+    mean: float = MEAN
+    std: float = STD
+    input_size: int = INPUT_SIZE
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_proba(self, faces: np.ndarray, tta: str = "none", batch_size: int = 256) -> np.ndarray:
+        """(N, 48, 48) uint8 faces -> (N, 7) probabilities (float32), averaged over the TTA views."""
+        faces = np.asarray(faces)
+        if faces.ndim == 2:
+            faces = faces[None]
+        if faces.ndim != 3 or faces.shape[1:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected faces of shape (N, {self.input_size}, {self.input_size}), got {faces.shape}")
+        if faces.dtype != np.uint8:
+            raise ValueError(f"expected uint8 faces from emolens.preprocess.preprocess, got {faces.dtype}")
+        out = np.zeros((len(faces), len(self.classes)), np.float32)
+        if len(faces) == 0:
+            return out
+        views = tta_views(faces, tta)
+        for view in views:
+            for i in range(0, len(faces), batch_size):
+                x = normalize(np.ascontiguousarray(view[i:i + batch_size]), self.mean, self.std)
+                out[i:i + batch_size] += softmax(self._logits(x).astype(np.float32))
+        return out / len(views)
+
+    def info(self) -> dict[str, Any]:
+        """Identity of the model for reports and the API."""
+        from .checkpoint import file_sha256
+
+        return {"name": self.name, "runtime": self.runtime, "path": str(self.path), "classes": list(self.classes),
+                "sha256": file_sha256(self.path), "metrics": self.metrics}
+
+
+class OnnxClassifier(Classifier):
+    runtime = "onnx"
+
+    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such model file")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise ModelError(f"{self.path}: not a usable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.classes = tuple(json.loads(meta.get("emolens.classes", json.dumps(list(CLASSES)))))
+        pre = json.loads(meta.get("emolens.preprocess", "{}"))
+        self.mean, self.std = float(pre.get("mean", MEAN)), float(pre.get("std", STD))
+        self.input_size = int(pre.get("input_size", INPUT_SIZE))
+        model = json.loads(meta.get("emolens.model", "{}"))
+        self.name = model.get("name", self.path.stem)
+        self.metrics = json.loads(meta.get("emolens.metrics", "{}"))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class TorchClassifier(Classifier):
+    runtime = "torch"
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        from .checkpoint import load_model
+
+        self.path = Path(path)
+        self.model, ckpt = load_model(self.path, device)
+        self.device = device
+        self.classes = tuple(ckpt["classes"])
+        pre = ckpt.get("preprocess", {})
+        self.mean, self.std = float(pre.get("mean", MEAN)), float(pre.get("std", STD))
+        self.input_size = int(pre.get("input_size", INPUT_SIZE))
+        self.name = ckpt["model"]["name"]
+        self.metrics = ckpt.get("metrics", {})
+        self.checkpoint = ckpt
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+
+def load_classifier(model: str | Path | None = None, runtime: str = "auto", threads: int = 0,
+                    device: str = "cpu") -> Classifier:
+    """Load a classifier: ``model`` None = the shipped one; ``.onnx`` -> ONNX Runtime; ``.pt`` -> torch.
+    ``runtime`` "torch" with the shipped model uses its ``.pt`` twin."""
+    if runtime not in ("auto", "onnx", "torch"):
+        raise ValueError(f"unknown runtime {runtime!r}: use auto, onnx or torch")
+    if model is None:
+        path = default_model_path("pt" if runtime == "torch" else "onnx")
+    else:
+        path = Path(model)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file")
+    if runtime == "torch" or (runtime == "auto" and path.suffix == ".pt"):
+        if path.suffix == ".onnx":
+            raise ModelError(f"{path}: the torch runtime needs a .pt checkpoint, not an ONNX file")
+        try:
+            return TorchClassifier(path, device)
+        except ImportError:
+            raise ModelError("the torch runtime needs PyTorch: pip install 'emolens[train]'") from None
+    if path.suffix == ".pt":
+        raise ModelError(f"{path}: the onnx runtime needs an .onnx file; export one with `emolens export {path}`")
+    return OnnxClassifier(path, threads)

@@ -1,0 +1,442 @@
+"""Training: ``train(cfg)`` runs a whole run; ``train_one_epoch`` and ``evaluate_split`` are plain
+functions returning metric dicts.
+
+The dataset lives on the training device as one uint8 tensor (N, 48, 48); augmentation (affine: rotation,
+zoom, shift, flip; random erasing; optional mixup/cutmix) runs there too, so a GPU is not starved by a
+CPU data loader and CPU training needs no worker processes. Multi-GPU: launch with ``torchrun``
+(DistributedDataParallel; gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import atomic_write_bytes, load_model, make_checkpoint, read_checkpoint, save_checkpoint
+from .config import to_dict
+from .preprocess import CLASSES, MEAN, STD
+
+
+@dataclass
+class TrainConfig:
+    data: str = field(default="", metadata={"help": "FER data: Kaggle folder/zip, fer2013.csv or <class>/ folder"})
+    model: str = field(default="cnn_lstm", metadata={"help": "registered model name (emolens.models.list_models)"})
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": "model arguments, e.g. {lstm_hidden: 64}"})
+    epochs: int = field(default=30, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "images per optimiser step (all processes together)"})
+    optimizer: Literal["sgd", "adamw"] = field(default="sgd", metadata={"help": "sgd (Nesterov) or adamw"})
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    schedule: Literal["onecycle", "cosine", "plateau", "none"] = field(
+        default="onecycle", metadata={"help": "learning-rate schedule"})
+    warmup: float = field(default=0.2, metadata={"help": "one-cycle/cosine warm-up as a fraction of training"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
+    class_weights: bool = field(default=False, metadata={"help": "weight the loss by inverse class frequency"})
+    augment: bool = field(default=True, metadata={"help": "on-device augmentation on/off"})
+    rotate: float = field(default=10.0, metadata={"help": "max rotation, degrees"})
+    zoom: float = field(default=0.1, metadata={"help": "max zoom in/out, fraction"})
+    shift: float = field(default=0.1, metadata={"help": "max shift, fraction of the side"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
+    erase: float = field(default=0.5, metadata={"help": "random-erasing probability"})
+    mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0 = off)"})
+    cutmix: float = field(default=0.0, metadata={"help": "cutmix alpha (0 = off)"})
+    mix_prob: float = field(default=0.5, metadata={"help": "probability a batch is mixed when mixup/cutmix is on"})
+    patience: int = field(default=0, metadata={"help": "early stopping: epochs without PublicTest gain (0 = off)"})
+    eval_tta: Literal["none", "flip"] = field(default="flip", metadata={"help": "TTA for the selection metric"})
+    train_fraction: float = field(default=1.0, metadata={"help": "use this fraction of the training split"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (faster convs on CPU)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch default)"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, init, augmentation)"})
+    out: str = field(default="", metadata={"help": "run folder (default runs/train/<model>-<time>)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        from .config import ConfigError
+        from .models import list_models
+
+        if self.model not in list_models():
+            raise ConfigError(f"model: unknown {self.model!r}; choose one of {', '.join(list_models())}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError("train_fraction: must be in (0, 1]")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be positive")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """"auto" picks CUDA when present, else CPU. Never call ``.cuda()`` elsewhere."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# on-device preprocessing and augmentation
+
+
+def to_input(images_u8: torch.Tensor) -> torch.Tensor:
+    """(N, 48, 48) uint8 on any device -> (N, 1, 48, 48) float32, the same arithmetic as
+    ``emolens.preprocess.normalize``."""
+    return ((images_u8.float() * (1.0 / 255.0) - MEAN) / STD).unsqueeze(1)
+
+
+def augment_batch(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random affine (rotate, zoom, shift, flip) then random erasing, on (B, 1, H, W) normalised input."""
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, generator=gen, device=dev) * (hi - lo) + lo
+
+    ang = u(-cfg.rotate, cfg.rotate) * (math.pi / 180)
+    scale = u(1 - cfg.zoom, 1 + cfg.zoom)
+    flip = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(b, device=dev)
+    tx, ty = u(-cfg.shift, cfg.shift) * 2, u(-cfg.shift, cfg.shift) * 2
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.erase > 0:
+        # one rectangle per selected image, 2-25% of the area, aspect 0.3-3.3, filled with noise
+        area = u(0.02, 0.25) * h * w
+        aspect = torch.exp(u(math.log(0.3), math.log(3.3)))
+        eh = torch.sqrt(area * aspect).clamp(1, h)
+        ew = torch.sqrt(area / aspect).clamp(1, w)
+        y0 = u(0, 1) * (h - eh)
+        x0 = u(0, 1) * (w - ew)
+        ys = torch.arange(h, device=dev).view(1, h, 1)
+        xs = torch.arange(w, device=dev).view(1, 1, w)
+        inside = ((ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1)) &
+                  (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)))
+        inside &= (torch.rand(b, generator=gen, device=dev) < cfg.erase).view(b, 1, 1)
+        noise = torch.randn(x.shape, generator=gen, device=dev)
+        x = torch.where(inside.unsqueeze(1), noise, x)
+    return x
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
+    """Mixup or cutmix: returns (x, y_a, y_b, lam) with loss = lam * CE(y_a) + (1 - lam) * CE(y_b)."""
+    use_mix = (cfg.mixup > 0 or cfg.cutmix > 0) and torch.rand(1, generator=gen).item() < cfg.mix_prob
+    if not use_mix:
+        return x, y, y, 1.0
+    perm = torch.randperm(x.shape[0], generator=gen, device="cpu").to(x.device)
+    use_cutmix = cfg.cutmix > 0 and (cfg.mixup <= 0 or torch.rand(1, generator=gen).item() < 0.5)
+    alpha = cfg.cutmix if use_cutmix else cfg.mixup
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen))).beta(alpha, alpha))
+    if use_cutmix:
+        h, w = x.shape[2:]
+        rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(0, h, (1,), generator=gen)), int(torch.randint(0, w, (1,), generator=gen))
+        y0, y1 = max(cy - rh // 2, 0), min(cy + rh // 2, h)
+        x0, x1 = max(cx - rw // 2, 0), min(cx + rw // 2, w)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, y, y[perm], lam
+
+
+# ----------------------------------------------------------------------------------------------------
+# epochs
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
+                    loss_fn: nn.Module, cfg: TrainConfig, gen: torch.Generator, epoch: int,
+                    rank: int = 0, world: int = 1, per_step_schedule: bool = True) -> dict[str, float]:
+    """One pass over (N, 48, 48) uint8 ``images`` on the device; returns {loss, acc, lr, seconds}."""
+    model.train()
+    dev = images.device
+    n = len(labels)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
+    local_bs = max(cfg.batch_size // world, 1)
+    steps = n // cfg.batch_size if n >= cfg.batch_size else 1
+    total_loss = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev)
+    seen = 0
+    t0 = time.time()
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+    for step in range(steps):
+        idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][rank * local_bs:(rank + 1) * local_bs]
+        x = to_input(images[idx])
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[idx]
+        if cfg.augment:
+            x = augment_batch(x, cfg, gen)
+        x, ya, yb, lam = mix_batch(x, y, cfg, gen)
+        with _autocast(dev, cfg.amp):
+            logits = model(x)
+            loss = lam * loss_fn(logits, ya) + (1 - lam) * loss_fn(logits, yb) if lam < 1 else loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None and per_step_schedule:
+            scheduler.step()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+    if bar is not None:
+        bar.close()
+    return {"train_loss": total_loss.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"], "train_seconds": time.time() - t0}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, tta: str = "none", batch_size: int = 512,
+                   amp: bool = True) -> torch.Tensor:
+    """(N, 48, 48) uint8 -> (N, 7) float32 log-probabilities averaged over the TTA views."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_input(images[i:i + batch_size])
+        with _autocast(images.device, amp):
+            p = model(x).float().softmax(1)
+            if tta == "flip":
+                p = (p + model(x.flip(3)).float().softmax(1)) / 2
+        out.append(p.log())
+    return torch.cat(out) if out else torch.zeros(0, len(CLASSES))
+
+
+def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module,
+                   amp: bool = True) -> dict[str, float]:
+    """{val_loss, val_acc, val_acc_flip} on a held-out split (no augmentation)."""
+    plain = predict_logits(model, images, "none", amp=amp)
+    flip = predict_logits(model, images, "flip", amp=amp)
+    return {"val_loss": F.nll_loss(plain, labels).item(),
+            "val_acc": (plain.argmax(1) == labels).float().mean().item(),
+            "val_acc_flip": (flip.argmax(1) == labels).float().mean().item()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the run
+
+
+def _build_optimizer(model: nn.Module, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=cfg.warmup, div_factor=25, final_div_factor=1e3)
+    if cfg.schedule == "cosine":
+        warm = max(int(total * cfg.warmup), 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    return None
+
+
+def _write_logs(out: Path, history: list[dict[str, Any]]) -> None:
+    from .reports import plot_learning_curves
+
+    keys = list(history[0].keys())
+    lines = [",".join(keys)] + [",".join(f"{h.get(k, '')}" for k in keys) for h in history]
+    atomic_write_bytes(out / "metrics.csv", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / "metrics.json", json.dumps(history, indent=1).encode())
+    try:
+        plot_learning_curves(history, out / "curves.png")
+    except Exception as e:  # a plotting problem must not stop a training run
+        print(f"warning: learning-curve plot failed: {e}", file=sys.stderr)
+
+
+def _dist_env() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path:
+    """Train per ``cfg``; returns the run folder (``best.pt``, ``last.pt``, ``config.yaml``,
+    ``metrics.csv``/``.json``, ``curves.png``). ``resume``: a ``last.pt`` (or its folder) to continue."""
+    from .config import build_config, save_config
+    from .data import load_dataset
+    from .models import count_parameters, create_model
+
+    start_epoch, history, best, state = 0, [], {"val_acc_sel": -1.0, "epoch": -1}, None
+    if resume:
+        rpath = Path(resume)
+        rpath = rpath / "last.pt" if rpath.is_dir() else rpath
+        state = read_checkpoint(rpath)
+        saved = build_config(TrainConfig, state["config"])
+        saved.epochs = cfg.epochs if cfg.epochs != TrainConfig.epochs else saved.epochs
+        saved.progress = cfg.progress
+        cfg = saved
+        cfg.out = str(rpath.parent)
+        start_epoch = state["epoch"] + 1
+        history = state["history"]
+        best = state.get("best", best)
+
+    rank, world = _dist_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" else torch.device("cpu")
+    else:
+        device = select_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + rank)
+
+    if not cfg.data:
+        from .data import default_data_path
+
+        cfg.data = str(default_data_path())
+    ds = load_dataset(cfg.data, progress=cfg.progress and rank == 0)
+    tr, va = ds.split("train"), ds.split("public")
+    if len(tr) == 0:
+        raise ValueError(f"{cfg.data}: no training images (split 'train')")
+    if len(va) == 0:
+        log("note: no PublicTest/validation split found; holding out 10% of the training images for selection")
+        rng = np.random.default_rng(cfg.seed)
+        mask = rng.random(len(tr)) < 0.1
+        tr, va = tr.subset(~mask), tr.subset(mask)
+    if cfg.train_fraction < 1:
+        rng = np.random.default_rng(cfg.seed)
+        tr = tr.subset(rng.random(len(tr)) < cfg.train_fraction)
+
+    out = Path(cfg.out) if cfg.out else Path("runs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg.out = str(out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    x_tr = torch.from_numpy(tr.images).to(device)
+    y_tr = torch.from_numpy(tr.labels).to(device)
+    x_va = torch.from_numpy(va.images).to(device)
+    y_va = torch.from_numpy(va.labels).to(device)
+
+    model = create_model(cfg.model, **cfg.model_kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(model, cfg)
+    steps = max(len(y_tr) // cfg.batch_size, 1)
+    scheduler = _build_scheduler(optimizer, cfg, steps)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + start_epoch + rank)
+    if state is not None and state.get("rng") is not None and device.type == "cpu":
+        gen.set_state(state["rng"])
+
+    weights = None
+    if cfg.class_weights:
+        counts = torch.bincount(y_tr, minlength=len(CLASSES)).float().clamp(min=1)
+        weights = (counts.sum() / (len(CLASSES) * counts)).to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()
+
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    if rank == 0:
+        log(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M params) on {device} x{world}: "
+            f"{len(y_tr)} train / {len(y_va)} val images, {cfg.epochs} epochs -> {out}")
+    per_step = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    bad_epochs = 0 if not history else history[-1].get("bad_epochs", 0)
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_one_epoch(net, x_tr, y_tr, optimizer, scheduler, loss_fn, cfg, gen, epoch, rank, world, per_step)
+        if rank != 0:
+            if world > 1:
+                torch.distributed.barrier()
+            continue
+        t0 = time.time()
+        stats.update(evaluate_split(model, x_va, y_va, eval_loss, cfg.amp))
+        stats["eval_seconds"] = time.time() - t0
+        sel = stats["val_acc_flip"] if cfg.eval_tta == "flip" else stats["val_acc"]
+        if scheduler is not None and not per_step:
+            scheduler.step(sel)
+        improved = sel > best["val_acc_sel"]
+        bad_epochs = 0 if improved else bad_epochs + 1
+        row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in stats.items()}, "bad_epochs": bad_epochs}
+        history.append(row)
+        metrics = {"public_acc": stats["val_acc"], "public_acc_flip": stats["val_acc_flip"], "epoch": epoch + 1,
+                   "val_images": len(y_va), "train_images": len(y_tr), "device": str(device), "world_size": world}
+        if improved:
+            best = {"val_acc_sel": sel, "epoch": epoch + 1, **metrics}
+            save_checkpoint(make_checkpoint(model, config=to_dict(cfg), metrics=metrics, history=history),
+                            out / "best.pt")
+        save_checkpoint(make_checkpoint(
+            model, config=to_dict(cfg), metrics=metrics, history=history, epoch=epoch, best=best,
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
+            rng=gen.get_state() if device.type == "cpu" else None), out / "last.pt")
+        _write_logs(out, history)
+        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  train {stats['train_acc']:.4f}  "
+            f"val {stats['val_acc']:.4f}  val+flip {stats['val_acc_flip']:.4f}  lr {stats['lr']:.4g}  "
+            f"{stats['train_seconds']:.0f}s{'  *best*' if improved else ''}")
+        if world > 1:
+            torch.distributed.barrier()
+        if cfg.patience and bad_epochs >= cfg.patience:
+            log(f"early stopping: no gain on the validation split for {cfg.patience} epochs")
+            break
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        log(f"best val accuracy {best.get('public_acc', float('nan')):.4f} "
+            f"(flip TTA {best.get('public_acc_flip', float('nan')):.4f}) at epoch {best['epoch']}: {out / 'best.pt'}")
+    return out
+
+
+__all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "predict_logits", "select_device",
+           "load_model", "to_input", "augment_batch"]
