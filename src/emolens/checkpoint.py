@@ -62,7 +62,7 @@ def make_checkpoint(model, *, config: dict | None = None, metrics: dict | None =
         "model": {"name": model.model_name, "kwargs": dict(model.model_kwargs)},
         "state_dict": state, "classes": list(CLASSES), "preprocess": preprocess_spec(),
         "config": config or {}, "metrics": metrics or {}, "history": history or [],
-        "torch_version": torch.__version__, **extra,
+        "torch_version": str(torch.__version__), **extra,  # str: TorchVersion is not weights_only-loadable
     }
 
 
@@ -85,7 +85,9 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # files written before torch_version was stored as str hold a TorchVersion (a str subclass)
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: not an emolens checkpoint ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
