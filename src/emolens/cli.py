@@ -59,6 +59,57 @@ def _cmd_data(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a model on labelled FER data (metrics, plots, HTML/XLSX report)",
+                       description="Evaluate a model on one split of labelled FER data (the images are 48x48 faces "
+                                   "already; no face detection). Prints the classification report and writes "
+                                   "metrics.json, predictions.csv, plots, a self-contained report.html and "
+                                   "report.xlsx. Give --model twice to compare two models on the same images "
+                                   "(side by side, with McNemar's paired test).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None,
+                   help="Kaggle folder or .zip, fer2013.csv or <class>/ folder "
+                        "(default: $EMOLENS_FER2013, else ../shared/data/fer2013.zip)")
+    p.add_argument("--split", default="public", metavar="SPLIT",
+                   help="public (val), private (test), train or all")
+    p.add_argument("--model", action="append", default=None, metavar="PATH",
+                   help=".onnx or .pt model (default: the shipped model); repeat to compare models")
+    p.add_argument("--sha256", action="append", default=None, metavar="HEX",
+                   help="expected sha256 of each --model, in the same order; a mismatch is an error")
+    p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
+    p.add_argument("--out", default=None,
+                   help="new or empty folder for the outputs (default: runs/evaluate/<time>; never overwritten)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto: ONNX Runtime for .onnx, torch for .pt")
+    p.add_argument("--device", default="auto", help="torch runtime: auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
+
+
+def _cmd_evaluate(args) -> int:
+    from rich.console import Console
+
+    from .data import default_data_path
+    from .evaluate import EvaluateError, evaluate, print_report
+
+    console = Console()
+    models = args.model or [None]
+    try:
+        result = evaluate(args.data if args.data is not None else default_data_path(), split=args.split,
+                          model=models[0] if len(models) == 1 else models, tta=args.tta, out=args.out,
+                          runtime=args.runtime, batch_size=args.batch_size, device=args.device,
+                          sha256=args.sha256,
+                          log=lambda msg: console.print(msg, markup=False, highlight=False))
+    except EvaluateError as e:
+        raise UsageError(str(e)) from None
+    print_report(result, console)
+    console.print(f"report: {result['out']}/report.html (metrics.json, report.xlsx, plots alongside)",
+                  markup=False, highlight=False)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- train
 
 

@@ -47,3 +47,312 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path) -> Non
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+# Plots and report files for ``emolens.evaluate``; metric dicts come from ``evaluate.classification_metrics``.
+
+
+def plot_confusion_matrix(cm, classes, path: str | Path, normalize: bool = False, title: str = "") -> None:
+    """Heatmap of a (C, C) confusion matrix (rows true, columns predicted): counts, or each row divided by
+    its support (the diagonal is then the per-class recall)."""
+    import numpy as np
+
+    plt = _pyplot()
+    cm = np.asarray(cm, np.float64)
+    support = cm.sum(axis=1)
+    vals = np.divide(cm, support[:, None], out=np.zeros_like(cm), where=support[:, None] > 0) if normalize else cm
+    vmax = 1.0 if normalize else max(float(vals.max()), 1.0)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 * n + 1.6, 0.85 * n + 1.4))
+    im = ax.imshow(vals, cmap="Blues", vmin=0, vmax=vmax)
+    for i in range(n):
+        for j in range(n):
+            text = f"{100 * vals[i, j]:.0f}%" if normalize else f"{int(vals[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="white" if vals[i, j] > 0.55 * vmax else "black")
+    ax.set_xticks(range(n), list(classes), rotation=35, ha="right")
+    ax.set_yticks(range(n), [f"{c} ({int(s)})" for c, s in zip(classes, support, strict=True)])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (support)")
+    ax.set_title(title or ("confusion matrix, row-normalised" if normalize else "confusion matrix"), fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_per_class_metrics(per_class: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Grouped bars of precision, recall and F1 per class (support under each class name)."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = list(per_class)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, key in enumerate(("precision", "recall", "f1")):
+        vals = [per_class[c][key] for c in names]
+        bars = ax.bar(x + (k - 1) * 0.27, vals, 0.27, label="F1" if key == "f1" else key)
+        ax.bar_label(bars, [f"{100 * v:.0f}" for v in vals], fontsize=7, padding=1)
+    ax.set_xticks(x, [f"{c}\n(n={per_class[c]['support']})" for c in names])
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("score")
+    ax.legend(loc="upper left", ncols=3, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "per-class metrics", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_reliability_diagram(bins: list[dict[str, Any]], ece: float, path: str | Path, title: str = "") -> None:
+    """Accuracy vs confidence per bin (a calibrated model follows the diagonal), with the images per bin
+    below; ``bins`` from ``evaluate.calibration_bins``."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [x for x in bins if x["count"]]
+    width = bins[0]["hi"] - bins[0]["lo"]
+    a.bar([x["lo"] for x in full], [x["accuracy"] for x in full], width, align="edge", edgecolor="black",
+          linewidth=0.5, label="accuracy")
+    a.bar([x["lo"] for x in full], [x["confidence"] - x["accuracy"] for x in full], width,
+          bottom=[x["accuracy"] for x in full], align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
+    a.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    a.set_xlim(0, 1)
+    a.set_ylim(0, 1)
+    a.set_ylabel("accuracy")
+    a.legend(loc="upper left", fontsize=8)
+    a.set_title(f"{title + ': ' if title else ''}ECE {100 * ece:.1f}% ({len(bins)} bins)", fontsize=10)
+    b.bar([x["lo"] for x in bins], [x["count"] for x in bins], width, align="edge", color="gray")
+    b.set_xlabel("confidence (top-class probability)")
+    b.set_ylabel("images")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_confident_mistakes(faces, true: list[str], pred: list[str], confidence: list[float], path: str | Path,
+                            title: str = "") -> None:
+    """Grid of 48x48 faces (M, 48, 48) uint8, one row per true class, each labelled with its wrong
+    prediction and confidence; rows keep the order given (most confident first)."""
+    plt = _pyplot()
+    rows = list(dict.fromkeys(true))
+    cols = max(true.count(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.15 * cols + 0.9, 1.35 * len(rows) + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    seen = {r: 0 for r in rows}
+    for face, t, p, c in zip(faces, true, pred, confidence, strict=True):
+        i, j = rows.index(t), seen[t]
+        seen[t] += 1
+        ax = axes[i, j]
+        ax.imshow(face, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{p} {100 * c:.0f}%", fontsize=7, pad=2)
+        if j == 0:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(f"true\n{t}", fontsize=8)
+    fig.suptitle(title or "most confident mistakes", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=90)  # 48x48 faces gain nothing from more pixels; keeps report.html small
+    plt.close(fig)
+
+
+def plot_learning_curves_if_logged(history: list[dict[str, Any]], path: str | Path) -> bool:
+    """Learning curves when ``history`` has the per-epoch keys the training loop logs; False (no file)
+    when a model carries no usable log."""
+    need = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_acc_flip")
+    if not history or not all(all(h.get(k) is not None for k in need) for h in history):
+        return False
+    plot_learning_curves(history, path)
+    return True
+
+
+def write_evaluation_xlsx(models: list[dict[str, Any]], comparisons: list[dict[str, Any]], path: str | Path) -> None:
+    """report.xlsx: a Summary sheet, per model a per-class table and the confusion matrix (counts and row
+    fractions), and a Comparison sheet when several models were evaluated."""
+    import io
+    from operator import itemgetter
+
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+
+    from .checkpoint import atomic_write_bytes
+
+    bold = Font(bold=True)
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Summary"
+    ws.append(["", *[m["label"] for m in models]])
+    rows = [("model", lambda m: m["model"]["name"]), ("file", lambda m: m["model"]["file"]),
+            ("sha256", lambda m: m["model"]["sha256"]), ("runtime", lambda m: m["runtime"]),
+            ("device", lambda m: m["device"]), ("data", lambda m: m["data"]["path"]),
+            ("split", lambda m: m["data"]["split"]), ("images", lambda m: m["count"]), ("TTA", lambda m: m["tta"])]
+    rows += [(k, itemgetter(k)) for k in
+             ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top2_accuracy", "ece", "nll")]
+    rows += [("predict seconds", lambda m: m["seconds"]["predict"])]
+    for name, get in rows:
+        ws.append([name, *[get(m) for m in models]])
+    for m in models:
+        sfx = f" {m['label']}" if len(models) > 1 else ""
+        pc = wb.create_sheet(f"Per class{sfx}")
+        pc.append(["class", "precision", "recall", "f1", "support", "predicted"])
+        for c, v in m["per_class"].items():
+            pc.append([c, v["precision"], v["recall"], v["f1"], v["support"], v["predicted"]])
+        pc.append([])
+        pc.append(["accuracy", None, None, m["accuracy"], m["count"]])
+        pc.append(["macro avg", m["macro_precision"], m["macro_recall"], m["macro_f1"], m["count"]])
+        pc.append(["weighted avg", m["weighted_precision"], m["weighted_recall"], m["weighted_f1"], m["count"]])
+        cm_sheet = wb.create_sheet(f"Confusion matrix{sfx}")
+        cm_frac = wb.create_sheet(f"Confusion row fraction{sfx}")
+        for sheet in (cm_sheet, cm_frac):
+            sheet.append(["true \\ predicted", *m["classes"]])
+        for c, row in zip(m["classes"], m["confusion_matrix"], strict=True):
+            cm_sheet.append([c, *row])
+            total = sum(row)
+            cm_frac.append([c, *[(v / total if total else 0.0) for v in row]])
+        for sheet in (pc, cm_sheet, cm_frac):
+            for cell in sheet[1]:
+                cell.font = bold
+            sheet.column_dimensions["A"].width = 18
+    if comparisons:
+        cs = wb.create_sheet("Comparison")
+        cs.append(["comparison", "metric", "A value", "B value", "B - A"])
+        for comp in comparisons:
+            a = next(m for m in models if m["label"] == comp["a"])
+            b = next(m for m in models if m["label"] == comp["b"])
+            pair = f"{comp['a']} vs {comp['b']}"
+            for k, d in comp["difference"].items():
+                cs.append([pair, k, a[k], b[k], d])
+            for c, d in comp["recall_difference"].items():
+                cs.append([pair, f"recall {c}", a["per_class"][c]["recall"], b["per_class"][c]["recall"], d])
+            t = comp["mcnemar"]
+            cs.append([pair, f"McNemar p-value ({t['method']})", t["b"], t["c"], t["p_value"]])
+        for cell in cs[1]:
+            cell.font = bold
+    for cell in wb["Summary"][1]:
+        cell.font = bold
+    wb["Summary"].column_dimensions["A"].width = 18
+    buf = io.BytesIO()
+    wb.save(buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+_REPORT_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+padding:0 1rem;color:#222;line-height:1.45}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+.meta{color:#555}table{border-collapse:collapse;margin:.6rem 0}
+th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}th:first-child,td:first-child{text-align:left}
+th{background:#f4f6f8}tr.total td{font-weight:600;background:#fafafa}
+.pos{color:#11772d}.neg{color:#b3261e}.verdict{padding:.5rem .8rem;background:#f4f6f8;border-left:4px solid #888}
+figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9rem}pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:.8rem}
+code{background:#f6f8fa;padding:0 .2rem}
+"""
+
+
+def write_evaluation_html(models: list[dict[str, Any]], comparisons: list[dict[str, Any]],
+                          figures: list[list[tuple[str, str]]], folder: str | Path, path: str | Path) -> None:
+    """report.html: ONE self-contained file (PNG figures from ``folder`` embedded as base64 data URIs,
+    inline CSS, no script, no external reference) readable offline. ``figures[i]`` is the (caption, file
+    name) list of model i."""
+    import base64
+    import html
+    import json
+
+    from .checkpoint import atomic_write_bytes
+
+    e = html.escape
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def signed(x: float) -> str:
+        return f'<span class="{"pos" if x > 0 else "neg" if x < 0 else ""}">{100 * x:+.1f}</span>'
+
+    def img(name: str, alt: str) -> str:
+        data = base64.b64encode((Path(folder) / name).read_bytes()).decode("ascii")
+        return f'<img alt="{e(alt)}" src="data:image/png;base64,{data}">'
+
+    first = models[0]
+    d = first["data"]
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>emolens evaluation: {e(', '.join(m['model']['name'] for m in models))} on "
+           f"{e(d['split'])}</title>", f"<style>{_REPORT_CSS}</style></head><body>",
+           "<h1>emolens evaluation report</h1>",
+           f'<p class="meta">Data <code>{e(d["path"])}</code>, split <b>{e(d["split"])}</b>, {d["count"]} '
+           f'images; test-time augmentation <b>{e(first["tta"])}</b>; created {e(first["created"])} by emolens '
+           f'{e(first["emolens_version"])}.</p>']
+    keys = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"),
+            ("weighted_f1", "weighted F1"), ("top2_accuracy", "top-2 accuracy"),
+            ("ece", f"expected calibration error ({first['ece_bins']} bins)")]
+    out.append("<h2>Summary</h2><table><tr><th>metric</th>"
+               + "".join(f"<th>{e(m['label']) + ': ' if len(models) > 1 else ''}{e(m['model']['name'])}</th>"
+                         for m in models) + "</tr>")
+    for k, name in keys:
+        out.append(f"<tr><td>{e(name)}</td>" + "".join(f"<td>{pct(m[k])}</td>" for m in models) + "</tr>")
+    out.append("<tr><td>negative log-likelihood</td>" + "".join(f"<td>{m['nll']:.3f}</td>" for m in models) + "</tr>")
+    out.append("<tr><td>runtime, device</td>"
+               + "".join(f"<td>{e(m['runtime'])}, {e(m['device'])}</td>" for m in models) + "</tr>")
+    out.append("<tr><td>prediction time</td>" + "".join(
+        f"<td>{m['seconds']['predict']:.1f} s ({m['images_per_second']} img/s)</td>" for m in models) + "</tr>")
+    out.append("</table>")
+    for comp in comparisons:
+        a = next(m for m in models if m["label"] == comp["a"])
+        b = next(m for m in models if m["label"] == comp["b"])
+        t = comp["mcnemar"]
+        out.append(f"<h2>Comparison: {e(comp['a'])} vs {e(comp['b'])}</h2><table><tr><th>metric</th>"
+                   f"<th>{e(comp['a'])}</th><th>{e(comp['b'])}</th><th>{e(comp['b'])} - {e(comp['a'])} "
+                   "(points)</th></tr>")
+        for k, name in keys:
+            out.append(f"<tr><td>{e(name)}</td><td>{pct(a[k])}</td><td>{pct(b[k])}</td>"
+                       f"<td>{signed(comp['difference'][k])}</td></tr>")
+        for c, diff in comp["recall_difference"].items():
+            out.append(f"<tr><td>recall {e(c)}</td><td>{pct(a['per_class'][c]['recall'])}</td>"
+                       f"<td>{pct(b['per_class'][c]['recall'])}</td><td>{signed(diff)}</td></tr>")
+        verdict = (f"significant at {comp['alpha']:g}: the difference is unlikely to be chance"
+                   if comp["significant"] else f"not significant at {comp['alpha']:g}: the difference may be noise")
+        out.append(f'</table><p class="verdict">McNemar\'s paired test ({e(t["method"])}): only {e(comp["a"])} '
+                   f'right on {t["b"]} images, only {e(comp["b"])} right on {t["c"]}, both right on '
+                   f'{comp["both_right"]}, both wrong on {comp["both_wrong"]}; p = {t["p_value"]:.4g}, '
+                   f"<b>{e(verdict)}</b>.</p>")
+    for m, figs in zip(models, figures, strict=True):
+        ident = m["model"]
+        out.append(f'<h2 id="model-{e(m["label"])}">{e(m["label"]) + ": " if len(models) > 1 else ""}'
+                   f'{e(ident["name"])} (<code>{e(ident["file"])}</code>)</h2>')
+        out.append("<h3>Per class</h3><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+                   "<th>support</th><th>predicted</th></tr>")
+        for c, v in m["per_class"].items():
+            out.append(f"<tr><td>{e(c)}</td><td>{pct(v['precision'])}</td><td>{pct(v['recall'])}</td>"
+                       f"<td>{pct(v['f1'])}</td><td>{v['support']}</td><td>{v['predicted']}</td></tr>")
+        out.append(f'<tr class="total"><td>accuracy</td><td></td><td></td><td>{pct(m["accuracy"])}</td>'
+                   f'<td>{m["count"]}</td><td></td></tr>')
+        for name, p in (("macro avg", "macro"), ("weighted avg", "weighted")):
+            out.append(f'<tr class="total"><td>{name}</td><td>{pct(m[p + "_precision"])}</td>'
+                       f'<td>{pct(m[p + "_recall"])}</td><td>{pct(m[p + "_f1"])}</td><td>{m["count"]}</td>'
+                       "<td></td></tr>")
+        out.append("</table>")
+        for caption, name in figs:
+            out.append(f"<figure>{img(name, caption)}<figcaption>{e(caption)}</figcaption></figure>")
+        out.append("<h3>Model identity</h3><table>")
+        for k in ("name", "file", "sha256", "runtime"):
+            out.append(f"<tr><td>{k}</td><td><code>{e(str(ident.get(k, '')))}</code></td></tr>")
+        out.append(f"<tr><td>device</td><td>{e(m['device'])}</td></tr></table>")
+        extra = {k: ident[k] for k in ("config", "metrics", "kwargs", "metadata") if ident.get(k)}
+        if extra:
+            out.append("<details><summary>configuration and metrics recorded in the model</summary>"
+                       f"<pre>{e(json.dumps(extra, indent=1, default=str))}</pre></details>")
+    out.append("<h2>How to read this</h2><ul>"
+               "<li>Precision: of the faces predicted as a class, the share that are; recall: of the faces of a "
+               "class, the share found. F1 is their harmonic mean. Undefined values count as 0.</li>"
+               "<li>Macro averages weigh every class equally (classes present in the labels or predictions); "
+               "weighted averages weigh them by support; balanced accuracy is the mean recall over classes "
+               "with support.</li>"
+               "<li>Expected calibration error: the top-class confidence is binned; the gap between each bin's "
+               "accuracy and mean confidence, weighted by its size, summed.</li>"
+               "<li>McNemar's test uses only the images where exactly one model is right (exact binomial "
+               "below 25 such images, chi-square with continuity correction above).</li></ul>"
+               '<p class="meta">Everything is embedded in this one file; it reads offline.</p></body></html>')
+    atomic_write_bytes(Path(path), "\n".join(out).encode("utf-8"))
