@@ -172,3 +172,72 @@ def cnn(**kw) -> nn.Module:
 @register_model
 def reference(**kw) -> nn.Module:
     return ReferenceCNNRNNLSTM(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- temporal
+
+
+class TemporalLSTM(nn.Module):
+    """Per-frame emotions of a face track: the image model's frame encoder turns each frame into a (D,)
+    embedding, a causal LSTM reads them in order and a head gives one (7,) logit vector per frame.
+
+    (B, T, 1, 48, 48) frames -> (B, T, 7) logits. Unidirectional, so a live video is labelled as it plays.
+    The image model's own classifier (``encoder.fc``) is a skip path and the LSTM branch starts near zero:
+    training starts from the per-frame answer and learns the temporal correction. Only
+    :meth:`head_state_dict` is shipped; the encoder's weights (its classifier included) come from the image
+    checkpoint the head was trained on.
+    """
+
+    input_kind = "sequence"
+
+    def __init__(self, num_classes: int = 7, encoder: str = "cnn_lstm", encoder_kwargs: dict | None = None,
+                 proj: int = 64, hidden: int = 96, num_layers: int = 1, drop: float = 0.2, num_frames: int = 32):
+        super().__init__()
+        if encoder == "temporal_lstm":
+            raise ValueError("the encoder of temporal_lstm must be an image model")
+        self.encoder = create_model(encoder, **(encoder_kwargs or {}))
+        d = self.encoder.embed_dim
+        self.frame_dim = d
+        self.num_frames = num_frames  # the window the head is trained on and run over
+        self.in_norm = nn.LayerNorm(d)
+        self.proj = nn.Sequential(nn.Linear(d, proj), nn.GELU(), nn.Dropout(drop))
+        self.lstm = nn.LSTM(proj, hidden, num_layers, batch_first=True, dropout=drop if num_layers > 1 else 0.0)
+        self.fc = nn.Sequential(nn.Dropout(drop), nn.Linear(hidden, num_classes))
+        nn.init.normal_(self.fc[-1].weight, std=0.01)  # small, not zero: every parameter gets a gradient
+        nn.init.zeros_(self.fc[-1].bias)
+        self.embed_dim = hidden
+
+    def embed_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, 1, S, S) -> (B, T, D) per-frame embeddings of the encoder."""
+        b, t = x.shape[:2]
+        z = self.encoder.forward_head(self.encoder.forward_features(x.flatten(0, 1)), pre_logits=True)
+        return z.reshape(b, t, -1)
+
+    def forward_sequence(self, emb: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         pre_logits: bool = False):
+        """(B, T, D) embeddings -> (B, T, 7) logits (or the (B, T, hidden) LSTM outputs when ``pre_logits``)."""
+        seq, _ = self.lstm(self.proj(self.in_norm(emb)), state)  # (B, T, hidden)
+        return seq if pre_logits else self.encoder.fc(emb) + self.fc(seq)  # per-frame logits + correction
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Single frames (B, 1, S, S) -> the encoder's (B, C, h, w) map."""
+        return self.encoder.forward_features(x)
+
+    def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """A (B, C, h, w) map read as B one-frame sequences -> (B, 7) (or (B, hidden))."""
+        emb = self.encoder.forward_head(f, pre_logits=True)[:, None]  # (B, 1, D)
+        return self.forward_sequence(emb, pre_logits=pre_logits)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:
+            return self.forward_sequence(self.embed_frames(x))  # (B, T, 7)
+        return self.forward_head(self.forward_features(x))  # (B, 7): single frames
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that are not the encoder's: what the shipped temporal model stores."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+
+@register_model
+def temporal_lstm(**kw) -> nn.Module:
+    return TemporalLSTM(**kw)
