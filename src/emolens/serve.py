@@ -1,0 +1,872 @@
+"""HTTP API and browser web app: ``create_app()`` builds the FastAPI app, ``serve()`` runs it under uvicorn.
+
+Endpoints (JSON in, JSON out; every client error is a 4xx with ``{"error": {"code", "message"}}``):
+
+- ``POST /v1/predict``: one image, multipart field ``file`` or JSON ``{"image": "<base64>"}``;
+- ``POST /v1/predict/batch``: several images, multipart fields ``file`` or JSON ``{"images": [...]}``;
+- ``WS /v1/stream``: JPEG frames in (binary messages), faces with track ids out; frames that arrive while the
+  previous one is being processed replace each other (only the newest waits), so a fast client sees drops,
+  not a growing delay;
+- ``GET /healthz``, ``GET /v1/model``, ``GET /docs`` (Swagger UI served from the package: works offline);
+- ``GET /``: the web page (``emolens/web/``), camera and drag-and-drop upload.
+
+The model is CPU-bound, so it runs in a worker thread (never on the event loop) behind a capacity limiter:
+requests queue for it instead of oversubscribing the cores. One recognizer per worker process.
+Images are decoded in memory and never written anywhere.
+
+Example::
+
+    from emolens.serve import create_app
+    app = create_app(api_key="secret")          # loads the shipped model at startup
+    # uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocketDisconnect
+
+from . import __version__
+
+log = logging.getLogger("emolens.serve")
+
+WEB_DIR = Path(__file__).with_name("web")
+API_KEY_ENV = "EMOLENS_API_KEY"
+OPTIONS_ENV = "EMOLENS_SERVE_OPTIONS"  # JSON options handed to each worker process by ``serve(workers>1)``
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+#: Leading bytes of the formats accepted (all decoded by OpenCV, sized by PIL from the header alone).
+MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost. Defaults fit a webcam frame or a phone photo with room to spare."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024  # one encoded image
+    max_pixels: int = 40_000_000  # width * height from the header, checked before decoding (bombs)
+    max_batch: int = 16  # images in one /v1/predict/batch request
+    max_request_bytes: int = 32 * 1024 * 1024  # whole request body (batch), base64 included
+    body_timeout_s: float = 30.0  # a client must finish sending its body within this
+    ws_idle_timeout_s: float = 60.0  # a websocket with no message for this long is closed
+    max_faces: int = 32  # faces returned per image (largest first), bounds the work per request
+
+
+class ApiError(Exception):
+    """A client error: becomes ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+TTAS = ("none", "flip", "crops")
+DETECTORS = ("auto", "haar", "dnn")
+Tta = Literal["none", "flip", "crops"]
+Detector = Literal["auto", "haar", "dnn"]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable reason, e.g. image_too_large")
+    message: str = Field(description="what went wrong and how to fix it")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class FaceOut(BaseModel):
+    box: list[int] = Field(description="[x, y, width, height] in pixels of the sent image", min_length=4,
+                           max_length=4)
+    emotion: str
+    confidence: float = Field(ge=0, le=1)
+    probabilities: dict[str, float]
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class ModelRef(BaseModel):
+    name: str
+    sha256: str
+
+
+class PredictOut(BaseModel):
+    faces: list[FaceOut]
+    image: ImageSize
+    model: ModelRef
+    timing_ms: float = Field(description="server time for this request, decode to answer")
+
+
+class ImageResult(BaseModel):
+    faces: list[FaceOut]
+    image: ImageSize
+
+
+class BatchOut(BaseModel):
+    results: list[ImageResult]
+    model: ModelRef
+    timing_ms: float
+
+
+class ModelOut(BaseModel):
+    name: str
+    runtime: str
+    classes: list[str]
+    sha256: str = Field(description="SHA-256 of the model file")
+    accuracy: float | None = Field(description="FER2013 public-test accuracy recorded in the model file")
+    metrics: dict[str, Any]
+    version: str = Field(description="emolens version")
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    model_loaded: bool
+    auth_required: bool
+
+
+class ImageJSON(BaseModel):
+    image: str = Field(description="base64 of a JPEG/PNG/BMP/WebP file (a data: URL is accepted)")
+
+
+class BatchJSON(BaseModel):
+    images: list[str] = Field(description="base64 images, at most the server's batch limit")
+
+
+def _request_body_spec(batch: bool) -> dict[str, Any]:
+    """The request body in the OpenAPI spec: the routes read the raw body themselves (limits, timeouts,
+    in-memory multipart), so FastAPI cannot infer it."""
+    file_prop = {"type": "string", "format": "binary", "description": "an image file"}
+    form = ({"type": "object", "properties": {"file": {"type": "array", "items": file_prop}}, "required": ["file"]}
+            if batch else {"type": "object", "properties": {"file": file_prop}, "required": ["file"]})
+    model = BatchJSON if batch else ImageJSON
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": model.model_json_schema()},
+    }}}
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def image_format(data: bytes) -> str | None:
+    """Format name from the magic bytes, None when not an accepted image."""
+    for magic, name in MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def decode_image(data: bytes, limits: Limits, name: str = "image") -> np.ndarray:
+    """Encoded bytes -> (H, W, 3) uint8 BGR, after the cheap checks: size, magic bytes, header dimensions.
+
+    The pixel count is read from the header by PIL's lazy ``Image.open`` (no pixel data decoded), so a
+    decompression bomb is refused before it allocates anything.
+    """
+    import cv2
+    from PIL import Image
+
+    if not data:
+        raise ApiError(400, "empty_image", f"{name}: empty (0 bytes)")
+    if len(data) > limits.max_upload_bytes:
+        raise ApiError(413, "image_too_large",
+                       f"{name}: {len(data)} bytes, the limit is {limits.max_upload_bytes} bytes")
+    fmt = image_format(data)
+    if fmt is None:
+        raise ApiError(415, "unsupported_image", f"{name}: not a JPEG, PNG, BMP or WebP image (by its first bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # lazy: parses the header only
+            width, height = im.size
+    except Image.DecompressionBombError:
+        raise ApiError(413, "too_many_pixels", f"{name}: image dimensions too large") from None
+    except Exception:  # PIL raises many types for broken headers
+        raise ApiError(422, "bad_image", f"{name}: unreadable {fmt.upper()} header (truncated or corrupt)") from None
+    if width <= 0 or height <= 0:
+        raise ApiError(422, "bad_image", f"{name}: zero width or height")
+    if width * height > limits.max_pixels:
+        raise ApiError(413, "too_many_pixels",
+                       f"{name}: {width}x{height} = {width * height} pixels, the limit is {limits.max_pixels}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ApiError(422, "bad_image", f"{name}: {fmt.upper()} data cannot be decoded (truncated or corrupt)")
+    return img
+
+
+def decode_base64(text: Any, limits: Limits, name: str = "image") -> bytes:
+    """Base64 (optionally a ``data:image/...;base64,`` URL) -> bytes; 400 when malformed."""
+    if not isinstance(text, str):
+        raise ApiError(422, "invalid_json", f"{name}: expected a base64 string, got {type(text).__name__}")
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or ";base64" not in head:
+            raise ApiError(400, "bad_base64", f"{name}: a data URL must be base64 (data:image/...;base64,...)")
+    text = "".join(text.split())  # line breaks are common in base64 from tools
+    if len(text) * 3 // 4 > limits.max_upload_bytes + 3:
+        raise ApiError(413, "image_too_large", f"{name}: larger than the {limits.max_upload_bytes} byte limit")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_base64", f"{name}: not valid base64") from None
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+async def read_body(request, limit: int, timeout_s: float) -> bytes:
+    """The whole request body, refused early past ``limit`` bytes (413) or ``timeout_s`` seconds (408),
+    so a slow or oversized upload cannot hold the server."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(413, "request_too_large", f"request body of {declared} bytes, the limit is {limit}")
+        except ValueError:
+            raise ApiError(400, "bad_request", "invalid Content-Length header") from None
+    buf = bytearray()
+
+    async def collect() -> None:
+        async for chunk in request.stream():
+            buf.extend(chunk)
+            if len(buf) > limit:
+                raise ApiError(413, "request_too_large", f"request body over the limit of {limit} bytes")
+
+    try:
+        await asyncio.wait_for(collect(), timeout_s)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"request body not received within {timeout_s:g} s") from None
+    return bytes(buf)
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | None, str, bytes]]:
+    """multipart/form-data body -> [(field name, filename, part content-type, data)], all in memory.
+
+    Starlette's own parser spools uploads over 1 MB to a temporary file; images here never touch the disk.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_multipart", "multipart/form-data without a boundary")
+    parts: list[dict[str, Any]] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+    done = {"end": False}
+
+    def on_part_begin() -> None:
+        parts.append({"headers": {}, "data": bytearray()})
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1]["headers"][header["field"].lower()] = header["value"]
+        header["field"], header["value"] = b"", b""
+
+    def on_end() -> None:
+        done["end"] = True
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_part_data": on_part_data,
+                                        "on_header_field": on_header_field, "on_header_value": on_header_value,
+                                        "on_header_end": on_header_end, "on_end": on_end})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as e:  # python-multipart raises its own types for malformed input
+        raise ApiError(400, "bad_multipart", f"malformed multipart body ({str(e)[:120]})") from None
+    if not done["end"]:
+        raise ApiError(400, "bad_multipart", "malformed multipart body (no closing boundary)")
+    out = []
+    for part in parts:
+        disp, opts = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        filename = opts[b"filename"].decode("utf-8", "replace") if b"filename" in opts else None
+        ctype = part["headers"].get(b"content-type", b"application/octet-stream").decode("latin-1").lower()
+        out.append((name, filename, ctype.split(";")[0].strip(), bytes(part["data"])))
+    return out
+
+
+async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, bytes]]:
+    """The encoded images of a predict request (multipart or JSON): [(name for messages, bytes)]."""
+    ctype = request.headers.get("content-type", "").lower()
+    media = ctype.split(";")[0].strip()
+    if media not in ("multipart/form-data", "application/json"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {media or '(none)'!r}: send multipart/form-data (field 'file') "
+                       "or application/json ({\"image\": \"<base64>\"})")
+    limit = limits.max_request_bytes if batch else limits.max_upload_bytes * 4 // 3 + 64 * 1024
+    body = await read_body(request, limit, limits.body_timeout_s)
+    if not body:
+        raise ApiError(400, "empty_body", "empty request body: send an image")
+    images: list[tuple[str, bytes]] = []
+    if media == "multipart/form-data":
+        for field, filename, part_type, data in parse_multipart(body, ctype):
+            if field not in ("file", "files"):
+                continue  # other form fields are ignored, as HTML forms may add some
+            label = filename or field
+            if part_type not in ("application/octet-stream", "") and not part_type.startswith("image/"):
+                raise ApiError(415, "unsupported_media_type",
+                               f"{label}: part Content-Type {part_type!r} is not an image")
+            images.append((label, data))
+        if not images:
+            raise ApiError(422, "missing_file", "no form field 'file' in the multipart body")
+    else:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+        if batch:
+            items = payload.get("images") if isinstance(payload, dict) else payload
+            if not isinstance(items, list):
+                raise ApiError(422, "invalid_json", 'expected {"images": ["<base64>", ...]} or a JSON list')
+        else:
+            if not isinstance(payload, dict) or "image" not in payload:
+                raise ApiError(422, "invalid_json", 'expected {"image": "<base64>"}')
+            items = [payload["image"]]
+        if batch and len(items) > limits.max_batch:
+            raise ApiError(413, "too_many_images", f"{len(items)} images, the limit is {limits.max_batch} per batch")
+        for i, item in enumerate(items):
+            name = f"images[{i}]" if batch else "image"
+            images.append((name, decode_base64(item, limits, name)))
+    if not images:
+        raise ApiError(422, "missing_file", "no image in the request")
+    if not batch and len(images) > 1:
+        raise ApiError(422, "too_many_images", "several images sent to /v1/predict: use /v1/predict/batch")
+    if len(images) > limits.max_batch:
+        raise ApiError(413, "too_many_images", f"{len(images)} images, the limit is {limits.max_batch} per batch")
+    return images
+
+
+def check_api_key(expected: str | None, given: str | None) -> None:
+    """401 unless ``given`` matches (constant-time compare); no-op when the server has no key."""
+    if not expected:
+        return
+    if not given:
+        raise ApiError(401, "unauthorized", "missing API key: send header 'X-API-Key: <key>'")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "invalid API key")
+
+
+def _key_from_headers(headers) -> str | None:
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """The recognizer plus what the API needs around it: per-request options, tracking, the model card.
+
+    All methods are blocking (CPU): call them from a worker thread.
+    """
+
+    def __init__(self, recognizer: Any):
+        self.recognizer = recognizer
+        self._detectors: dict[str, Any] = {}
+        self._info: dict[str, Any] | None = None
+
+    # The recognizer API (emolens.predict) is adapted here so the routes do not depend on its details.
+    @property
+    def classifier(self):
+        return self.recognizer.classifier
+
+    def model_info(self) -> dict[str, Any]:
+        if self._info is None:
+            info = self.classifier.info()
+            metrics = info.get("metrics") or {}
+            acc = metrics.get("public_acc_flip", metrics.get("public_acc"))
+            self._info = {"name": info.get("name", ""), "runtime": info.get("runtime", ""),
+                          "classes": list(info.get("classes", [])), "sha256": info.get("sha256", ""),
+                          "accuracy": None if acc is None or not math.isfinite(float(acc)) else float(acc),
+                          "metrics": _finite(metrics), "version": __version__}
+        return self._info
+
+    def model_ref(self) -> dict[str, str]:
+        info = self.model_info()
+        return {"name": info["name"], "sha256": info["sha256"]}
+
+    def predict(self, image: np.ndarray, detector: str | None = None, tta: str | None = None,
+                faces_only: bool = False, max_faces: int = 32) -> list[dict[str, Any]]:
+        """(H, W, 3) BGR -> list of face dicts {box, emotion, confidence, probabilities}."""
+        rec = self.recognizer
+        if faces_only:
+            from .preprocess import preprocess
+
+            probs = rec.predict_faces(preprocess(image, "bgr")[None], **_opt(tta=tta))
+            h, w = image.shape[:2]
+            return [_face_dict((0, 0, w, h), probs[0], self.classifier.classes)]
+        faces = rec.predict(image, **_opt(tta=tta, detector=detector))
+        faces = sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)[:max_faces]
+        return [_face_out(f) for f in faces]
+
+
+def _opt(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON cannot carry NaN/inf: drop them (and anything not a plain scalar)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, int | float | np.floating | np.integer) and math.isfinite(float(v)):
+            out[k] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def _face_dict(box: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    i = int(np.argmax(probs))
+    return {"box": [int(v) for v in box], "emotion": classes[i], "confidence": float(probs[i]),
+            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)}}
+
+
+def _face_out(face: Any) -> dict[str, Any]:
+    d = face.to_dict() if hasattr(face, "to_dict") else dict(face)
+    return {"box": [int(v) for v in d["box"]], "emotion": str(d["emotion"]), "confidence": float(d["confidence"]),
+            "probabilities": {str(k): float(v) for k, v in d["probabilities"].items()}}
+
+
+def load_recognizer(model: str | None = None, runtime: str = "auto", detector: str = "auto",
+                    tta: str = "none") -> Any:
+    """The recognizer the server uses (``emolens.predict.EmotionRecognizer``)."""
+    from .predict import EmotionRecognizer
+
+    return EmotionRecognizer(model=model, runtime=runtime, detector=detector, tta=tta)
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb: float = 10,
+               max_pixels: int = 40_000_000, max_batch: int = 16, cors_origins: Sequence[str] = (),
+               limits: Limits | None = None, inference_threads: int = 1,
+               recognizer_factory: Callable[[], Any] | None = None):
+    """The FastAPI app. ``recognizer`` None loads the shipped model at startup (``recognizer_factory`` to
+    load another); ``api_key`` set = every ``/v1`` call needs header ``X-API-Key``; ``cors_origins`` empty =
+    no cross-origin reads. ``inference_threads`` bounds concurrent model calls in this process."""
+    if limits is None:
+        limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_pixels),
+                        max_batch=int(max_batch))
+    api_key = api_key or None
+    state: dict[str, Any] = {"engine": Engine(recognizer) if recognizer is not None else None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        import anyio
+
+        if state["engine"] is None:
+            factory = recognizer_factory or load_recognizer
+            state["engine"] = Engine(await anyio.to_thread.run_sync(factory))
+        state["limiter"] = anyio.CapacityLimiter(inference_threads)
+        await anyio.to_thread.run_sync(state["engine"].model_info)  # hashes the model file once, off the loop
+        yield
+
+    app = FastAPI(title="emolens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Facial emotion recognition (angry, disgust, fear, happy, neutral, sad, surprise). "
+                              "Images are processed in memory and never stored.")
+    app.state.limits = limits
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type", "x-api-key", "authorization"])
+
+    # ---- errors: always {"error": {"code", "message"}}, never a traceback
+    def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if exc.status == 401 else None
+        return error(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(422, "invalid_parameter", f"{where}: {first.get('msg', 'invalid value')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error(500, "internal_error", "internal server error (logged on the server)")
+
+    # ---- auth: a header scheme so /docs has an Authorize button and the spec says what to send
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="required when the server was started with an API key")
+
+    async def require_key(request: Request, key: str | None = Depends(key_header)) -> None:
+        check_api_key(api_key, key or _key_from_headers(request.headers))
+
+    def engine() -> Engine:
+        if state["engine"] is None:
+            raise ApiError(503, "not_ready", "the model is still loading")
+        return state["engine"]
+
+    async def in_thread(fn: Callable, *args: Any) -> Any:
+        import anyio
+
+        return await anyio.to_thread.run_sync(fn, *args, limiter=state["limiter"])
+
+    err = {"model": ErrorOut}
+    predict_docs = {s: err for s in (400, 401, 408, 413, 415, 422)}
+
+    # ---- routes
+    @app.get("/healthz", tags=["service"], response_model=HealthOut)
+    async def healthz() -> dict[str, Any]:
+        """Liveness and readiness (no API key needed)."""
+        return {"status": "ok" if state["engine"] is not None else "loading", "version": __version__,
+                "model_loaded": state["engine"] is not None, "auth_required": api_key is not None}
+
+    @app.get("/v1/model", tags=["model"], response_model=ModelOut, dependencies=[Depends(require_key)],
+             responses={401: err})
+    async def model_card() -> dict[str, Any]:
+        """The loaded model: name, classes, accuracy (FER2013 public test), SHA-256 of the model file."""
+        return engine().model_info()
+
+    tta_q = Query(None, description="test-time augmentation (default: the server's)")
+    det_q = Query(None, description="face detector (default: the server's)")
+    faces_only_q = Query(False, description="skip detection: the whole image is one face crop")
+
+    @app.post("/v1/predict", tags=["predict"], response_model=PredictOut, dependencies=[Depends(require_key)],
+              responses=predict_docs, openapi_extra=_request_body_spec(batch=False))
+    async def predict(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
+                      faces_only: bool = faces_only_q) -> dict[str, Any]:
+        """Emotions of the faces in one image (multipart field ``file``, or JSON ``{"image": "<base64>"}``)."""
+        t0 = time.perf_counter()
+        (name, data), = await read_images(request, limits, batch=False)
+        eng = engine()
+
+        def work() -> dict[str, Any]:
+            img = decode_image(data, limits, name)
+            faces = eng.predict(img, detector, tta, faces_only, limits.max_faces)
+            return {"faces": faces, "image": {"width": img.shape[1], "height": img.shape[0]}}
+
+        out = await in_thread(work)
+        return {**out, "model": eng.model_ref(), "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchOut, dependencies=[Depends(require_key)],
+              responses=predict_docs, openapi_extra=_request_body_spec(batch=True))
+    async def predict_batch(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
+                            faces_only: bool = faces_only_q) -> dict[str, Any]:
+        """Emotions for several images: multipart fields ``file`` (repeated) or JSON ``{"images": [...]}``.
+        Results come in the order sent; one bad image fails the request (its index is in the message)."""
+        t0 = time.perf_counter()
+        images = await read_images(request, limits, batch=True)
+        eng = engine()
+
+        def work() -> list[dict[str, Any]]:
+            decoded = [(name, decode_image(data, limits, name)) for name, data in images]  # all checked first
+            return [{"faces": eng.predict(img, detector, tta, faces_only, limits.max_faces),
+                     "image": {"width": img.shape[1], "height": img.shape[0]}} for _, img in decoded]
+
+        results = await in_thread(work)
+        return {"results": results, "model": eng.model_ref(),
+                "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket, detector: str | None = None, tta: str | None = None) -> None:
+        await _stream(ws, engine_getter=engine, in_thread=in_thread, api_key=api_key, limits=limits,
+                      detector=detector, tta=tta, cors_origins=cors_origins)
+
+    # ---- docs and web page, all from the package (no CDN)
+    docs_static = _swagger_static_dir()
+    if docs_static is not None:
+        app.mount("/docs-static", StaticFiles(directory=docs_static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        if docs_static is None:  # the API still works; the page says why the UI is missing
+            return _plain_docs_page()
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="emolens API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
+
+
+_PAGE_HEADERS = {
+    # Only our own scripts, styles and the API (ws: for the stream); blob:/data: for camera and upload previews.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "connect-src 'self' ws: wss:; script-src 'self'; style-src 'self'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _swagger_static_dir() -> str | None:
+    """Swagger UI 5 files shipped inside the ``fastapi-offline`` wheel (a dependency): /docs works offline."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    path = Path(fastapi_offline.__file__).parent / "static"
+    return str(path) if (path / "swagger-ui-bundle.js").is_file() else None
+
+
+def _plain_docs_page() -> HTMLResponse:
+    return HTMLResponse("<!doctype html><title>emolens API</title><h1>emolens API</h1><p>The interactive docs "
+                        "need the <code>fastapi-offline</code> package. The OpenAPI spec is at "
+                        "<a href='/openapi.json'>/openapi.json</a>.</p>")
+
+
+# ---------------------------------------------------------------------------------------------- websocket
+
+
+def _same_origin(ws, cors_origins: Sequence[str]) -> bool:
+    """Browsers do not apply CORS to websockets: refuse pages from other origins ourselves."""
+    origin = ws.headers.get("origin")
+    if origin is None or origin in cors_origins or "*" in cors_origins:
+        return True  # non-browser clients send no Origin
+    from urllib.parse import urlsplit
+
+    return urlsplit(origin).netloc == ws.headers.get("host", "")
+
+
+async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: Limits, detector: str | None,
+                  tta: str | None, cors_origins: Sequence[str]) -> None:
+    """One live session: a receiver keeps only the newest frame, a processor answers it.
+
+    Protocol: server sends ``{"type": "ready"}``; client sends JPEG frames as binary messages (and, when
+    the server has a key and no header was sent, first a text ``{"api_key": "..."}``); server answers each
+    processed frame with ``{"type": "result", "frame", "faces": [{track_id, box, emotion, ...}], "dropped"}``,
+    or ``{"type": "error", "frame", "error": {...}}`` for a bad frame (the session goes on).
+    """
+    if not _same_origin(ws, cors_origins):
+        await ws.close(code=1008, reason="cross-origin websocket refused")
+        return
+    if detector not in (None, *DETECTORS) or tta not in (None, *TTAS):
+        await ws.accept()
+        await ws.close(code=1008, reason="invalid detector or tta")
+        return
+    await ws.accept()
+    try:
+        key = _key_from_headers(ws.headers)
+        if api_key and not key:
+            msg = await asyncio.wait_for(ws.receive_text(), min(10.0, limits.ws_idle_timeout_s))
+            try:
+                key = json.loads(msg).get("api_key")
+            except (ValueError, AttributeError):
+                key = None
+        try:
+            check_api_key(api_key, key if isinstance(key, str) else None)
+        except ApiError as e:
+            await ws.close(code=1008, reason=e.message)
+            return
+        eng = engine_getter()
+        await ws.send_json({"type": "ready", "model": eng.model_ref()})
+    except (TimeoutError, WebSocketDisconnect, ApiError, KeyError, RuntimeError):
+        with contextlib.suppress(Exception):
+            await ws.close(code=1008, reason="no API key received")
+        return
+
+    session = _StreamSession(eng, limits, detector, tta)
+    latest: list[tuple[int, bytes]] = []  # at most one pending frame
+    wake = asyncio.Event()
+    counters = {"received": 0, "dropped": 0}
+
+    async def receiver() -> None:
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), limits.ws_idle_timeout_s)
+            except TimeoutError:
+                await ws.close(code=1001, reason=f"idle for {limits.ws_idle_timeout_s:g} s")
+                return
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes")
+            if data is None:
+                text = msg.get("text") or ""
+                if text.strip().startswith("{") and '"reset"' in text:
+                    session.reset()
+                continue  # other text (a repeated api_key, pings) is ignored
+            if latest:
+                counters["dropped"] += 1  # the unprocessed frame is superseded: drop it, do not queue
+                latest.clear()
+            latest.append((counters["received"], data))
+            counters["received"] += 1
+            wake.set()
+
+    async def processor() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            if not latest:
+                continue
+            index, data = latest.pop()
+            reply = await in_thread(session.process, data)
+            reply.update(frame=index, dropped=counters["dropped"], received=counters["received"])
+            await ws.send_json(reply)
+
+    recv_task = asyncio.create_task(receiver())
+    proc_task = asyncio.create_task(processor())
+    try:
+        done, _ = await asyncio.wait({recv_task, proc_task}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError):
+                log.warning("stream ended: %s: %s", type(exc).__name__, exc)
+    finally:
+        for task in (recv_task, proc_task):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+class _StreamSession:
+    """Per-connection state: the face tracker (ids stable across frames) and optional temporal smoothing."""
+
+    def __init__(self, engine: Engine, limits: Limits, detector: str | None, tta: str | None):
+        self.engine, self.limits, self.detector, self.tta = engine, limits, detector, tta
+        self.tracker = _make_tracker(engine)
+
+    def reset(self) -> None:
+        self.tracker = _make_tracker(self.engine)
+
+    def process(self, data: bytes) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            img = decode_image(data, self.limits, "frame")
+        except ApiError as e:
+            return {"type": "error", "error": {"code": e.code, "message": e.message}}
+        faces = self.engine.predict(img, self.detector, self.tta, False, self.limits.max_faces)
+        faces = self.tracker.update(faces)
+        return {"type": "result", "width": img.shape[1], "height": img.shape[0], "faces": faces,
+                "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+
+def _make_tracker(engine: Engine):
+    return _IouTracker()
+
+
+class _IouTracker:
+    """Placeholder until emolens.video's tracker is wired in."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+
+    def update(self, faces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for f in faces:
+            out.append({"track_id": self.next_id, **f})
+            self.next_id += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class ServeOptions:
+    """What ``emolens serve`` hands to each worker process (as JSON in EMOLENS_SERVE_OPTIONS)."""
+
+    model: str | None = None
+    runtime: str = "auto"
+    detector: str = "auto"
+    tta: str = "none"
+    max_upload_mb: float = 10
+    max_pixels: int = 40_000_000
+    max_batch: int = 16
+    cors_origins: tuple[str, ...] = ()
+    inference_threads: int = 1
+
+
+def _app_from_options(opts: ServeOptions, api_key: str | None, recognizer: Any = None):
+    return create_app(recognizer=recognizer, api_key=api_key, max_upload_mb=opts.max_upload_mb,
+                      max_pixels=opts.max_pixels, max_batch=opts.max_batch, cors_origins=opts.cors_origins,
+                      inference_threads=opts.inference_threads,
+                      recognizer_factory=lambda: load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta))
+
+
+def app_from_env():
+    """uvicorn factory for worker processes: options from EMOLENS_SERVE_OPTIONS, key from EMOLENS_API_KEY."""
+    raw = json.loads(os.environ.get(OPTIONS_ENV, "{}"))
+    raw["cors_origins"] = tuple(raw.get("cors_origins", ()))
+    return _app_from_options(ServeOptions(**raw), os.environ.get(API_KEY_ENV) or None)
+
+
+def is_local_host(host: str) -> bool:
+    return host in LOCAL_HOSTS or host.startswith("127.")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, api_key: str | None = None,
+          options: ServeOptions | None = None, log_level: str = "info") -> None:
+    """Run the server until interrupted. Refuses a non-local ``host`` without an API key (ValueError)."""
+    import uvicorn
+
+    opts = options or ServeOptions()
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_local_host(host) and not api_key:
+        raise ValueError(f"binding to {host} exposes the API to the network: set --api-key KEY (or env "
+                         f"{API_KEY_ENV}), or bind to 127.0.0.1")
+    if workers < 1:
+        raise ValueError("--workers must be at least 1")
+    # Load once here so a bad model fails now, in one line, not inside each worker.
+    recognizer = load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta)
+    limits = Limits(max_upload_bytes=int(opts.max_upload_mb * 1024 * 1024))
+    common = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                  ws_max_size=limits.max_upload_bytes + 1024, limit_concurrency=256, server_header=False)
+    if workers == 1:
+        uvicorn.run(_app_from_options(opts, api_key, recognizer), **common)
+        return
+    del recognizer  # each worker process loads its own
+    os.environ[OPTIONS_ENV] = json.dumps(asdict(opts))
+    if api_key:
+        os.environ[API_KEY_ENV] = api_key
+    uvicorn.run("emolens.serve:app_from_env", factory=True, workers=workers, **common)
