@@ -159,6 +159,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--detector", default="auto", help="default face detector (a request may choose another)")
     p.add_argument("--tta", choices=["none", "flip", "crops"], default="none",
                    help="default test-time augmentation (a request may choose another)")
+    p.add_argument("--smooth", choices=["auto", "temporal", "ema", "none"], default="auto",
+                   help="label smoothing per tracked face in the live stream (auto: temporal model if shipped)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted image file")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted width x height")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request")
@@ -176,7 +178,7 @@ def _cmd_serve(args) -> int:
         raise UsageError("--max-upload-mb, --max-pixels and --max-batch must be positive")
     opts = ServeOptions(model=args.model, runtime=args.runtime, detector=args.detector, tta=args.tta,
                         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
-                        cors_origins=tuple(args.cors_origin))
+                        cors_origins=tuple(args.cors_origin), smooth=args.smooth)
     try:
         serve(args.host, args.port, workers=args.workers, api_key=args.api_key, options=opts,
               log_level=args.log_level)
