@@ -127,11 +127,14 @@ def _add_train(sub) -> None:
     p.add_argument("--task", choices=["image", "sequence"], default="image",
                    help="image: the frame classifier; sequence: the temporal model over frames")
     add_config_arguments(p, TrainConfig)
+    from .temporal import add_sequence_arguments
+
+    add_sequence_arguments(p)
 
 
 def _cmd_train(args) -> int:
     if args.task == "sequence":
-        from .video import train_sequence_cli
+        from .temporal import train_sequence_cli
 
         return train_sequence_cli(args)
     from .config import load_config, overrides_from_args
@@ -139,6 +142,101 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(TrainConfig, args.config, overrides_from_args(args, TrainConfig))
     train(cfg, resume=args.resume)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- video
+
+
+def _add_video_options(p) -> None:
+    """Model and tracking options shared by ``video``, ``webcam`` and ``bench video``."""
+    g = p.add_argument_group("model and tracking")
+    g.add_argument("--model", default=None, help=".onnx or .pt image model (default: the shipped one)")
+    g.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="inference runtime")
+    g.add_argument("--detector", default="auto", help="face detector")
+    g.add_argument("--smooth", choices=["auto", "temporal", "ema", "none"], default="auto",
+                   help="per-track smoothing: the temporal LSTM, an EMA of probabilities, or none "
+                        "(auto: temporal when a temporal model fits the image model, else EMA)")
+    g.add_argument("--temporal-model", default=None, help="temporal head .onnx/.pt (default: the shipped one)")
+    g.add_argument("--ema", type=float, default=0.3, help="EMA weight of the newest frame (0-1]")
+    g.add_argument("--detect-every", type=int, default=3, help="run the detector every K frames, track between")
+    g.add_argument("--detect-width", type=int, default=320, help="detect on frames scaled to this width (0 = full)")
+    g.add_argument("--max-misses", type=int, default=5, help="detection rounds a lost face is kept for")
+
+
+def _video_kwargs(args) -> dict:
+    if args.detect_every < 1:
+        raise UsageError("--detect-every must be at least 1")
+    if args.detect_width < 0:
+        raise UsageError("--detect-width must be 0 (full size) or positive")
+    if not 0 < args.ema <= 1:
+        raise UsageError("--ema must be in (0, 1]")
+    if args.max_misses < 0:
+        raise UsageError("--max-misses must be 0 or more")
+    return {"model": args.model, "runtime": args.runtime, "detector": args.detector, "smooth": args.smooth,
+            "temporal_model": args.temporal_model, "ema": args.ema, "detect_every": args.detect_every,
+            "detect_width": args.detect_width, "max_misses": args.max_misses}
+
+
+def _add_video(sub) -> None:
+    p = sub.add_parser("video", help="track and label faces in a video file or stream",
+                       description="Follow every face of a video (any file or URL OpenCV/FFmpeg opens) and label "
+                                   "its emotion frame by frame. Writes an annotated video (-o), a CSV with one row "
+                                   "per (frame, track) (--csv) and a timeline plot (--plot); with none of them, "
+                                   "all three go to runs/video/<name>/.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("input", help="video file or URL (rtsp://, http://...)")
+    p.add_argument("-o", "--output", default=None, help="annotated video (.mp4, .avi, .mkv, .mov)")
+    p.add_argument("--csv", default=None, help="timeline CSV: frame, time, track, box, emotion, probabilities")
+    p.add_argument("--plot", default=None, help="timeline plot (.png, .pdf, .svg)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
+    p.add_argument("--no-bars", action="store_true", help="draw boxes and labels only, no probability bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_video_options(p)
+
+
+def _cmd_video(args) -> int:
+    import re
+    from pathlib import Path
+
+    from .video import process_video
+
+    out, csv_path, plot = args.output, args.csv, args.plot
+    if not (out or csv_path or plot):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.input.split("?")[0]).stem) or "stream"
+        folder = Path("runs/video") / stem
+        out, csv_path, plot = folder / "annotated.mp4", folder / "timeline.csv", folder / "timeline.png"
+    if args.max_frames < 0:
+        raise UsageError("--max-frames must be 0 or more")
+    res = process_video(args.input, out, csv_path, plot, max_frames=args.max_frames, progress=not args.no_progress,
+                        draw_bars=not args.no_bars, **_video_kwargs(args))
+    print(f"{res.frames} frames, {res.tracks} track(s), {res.rows} rows; {res.processing_fps:.1f} fps "
+          f"({res.realtime_ratio:.2f}x real time at {res.fps:g} fps); smoothing: {res.smoothing}")
+    for kind, path in res.outputs.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- webcam
+
+
+def _add_webcam(sub) -> None:
+    p = sub.add_parser("webcam", help="live emotion overlay from a camera",
+                       description="Live window with boxes, track ids and emotions; q quits. Frames stay in memory "
+                                   "and are never stored unless --record is given. Without a display (or with "
+                                   "opencv-python-headless) use `emolens serve` for a live view in the browser.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", default="0", help="camera index, video file or stream URL")
+    p.add_argument("--record", default=None, help="also save the annotated frames to this video file")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = until q)")
+    _add_video_options(p)
+
+
+def _cmd_webcam(args) -> int:
+    from .video import run_webcam
+
+    n = run_webcam(args.source, record=args.record, max_frames=args.max_frames, **_video_kwargs(args))
+    print(f"{n} frames")
     return 0
 
 

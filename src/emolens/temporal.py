@@ -264,10 +264,11 @@ class TorchFrameEncoder(FrameEncoder):
 class OnnxFrameEncoder(FrameEncoder):
     """An exported image model with a second output ``embedding`` (B, D) next to its logits."""
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path | None = None, threads: int = 0, classifier=None):
         from .runtime import ModelError, OnnxClassifier
 
-        self.classifier = OnnxClassifier(path, threads)
+        self.classifier = classifier if classifier is not None else OnnxClassifier(path, threads)
+        path = self.classifier.path
         sess = self.classifier.session
         outs = [o.name for o in sess.get_outputs()]
         if "embedding" not in outs:
@@ -278,6 +279,11 @@ class OnnxFrameEncoder(FrameEncoder):
         self.name = self.classifier.name
         self.dim = int(sess.get_outputs()[outs.index("embedding")].shape[-1])
         self.path = Path(path)
+
+    @classmethod
+    def from_classifier(cls, classifier) -> OnnxFrameEncoder:
+        """Share the session of an :class:`emolens.runtime.OnnxClassifier` already loaded."""
+        return cls(classifier=classifier)
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, emb = self.classifier.session.run(self.outputs, {self.input_name: x})
