@@ -114,8 +114,9 @@ def plot_reliability_diagram(bins: list[dict[str, Any]], ece: float, path: str |
     width = bins[0]["hi"] - bins[0]["lo"]
     a.bar([x["lo"] for x in full], [x["accuracy"] for x in full], width, align="edge", edgecolor="black",
           linewidth=0.5, label="accuracy")
-    a.bar([x["lo"] for x in full], [x["confidence"] - x["accuracy"] for x in full], width,
-          bottom=[x["accuracy"] for x in full], align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
+    # mean confidence as a tick per bin: the bar/tick gap shows over- (tick above) or under-confidence
+    a.scatter([x["lo"] + width / 2 for x in full], [x["confidence"] for x in full], marker="_", s=260,
+              linewidths=2.5, color="tab:red", zorder=3, label="mean confidence")
     a.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     a.set_xlim(0, 1)
     a.set_ylim(0, 1)
