@@ -6,10 +6,12 @@ Forms read by :func:`load_dataset`:
   as a folder or straight from its ``.zip``; the standard split comes from the file-name prefix
   (``Training_``, ``PublicTest_``, ``PrivateTest_``), else from the top folder's name;
 * the original ``fer2013.csv`` (``emotion,pixels,Usage``);
-* any ``<class>/`` folder of images of any size or colour (all one split, ``train`` by default).
+* any ``<class>/`` folder of images of any size or colour (all one split: the folder's own name when it
+  names a split, such as ``val/``, else ``train``).
 
 Every image goes through :func:`emolens.preprocess.preprocess`. Decoded datasets are cached as uint8
 arrays keyed by the source's content, so a second load of the full dataset takes well under a second.
+:func:`dataset_stats` (``emolens data stats``) reports counts, charts, samples and exact duplicates.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +56,8 @@ CLASS_ALIASES: dict[str, str] = {
     "contempt": "", "calm": "neutral",
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-CACHE_VERSION = 1
+#: Bump when decoding or the cache layout changes: old cache files are then never read.
+CACHE_VERSION = 2
 
 
 class DataError(ValueError):
@@ -68,6 +76,7 @@ class FERDataset:
     origin: str = ""
     skipped: list[str] = field(default_factory=list)
     classes: tuple[str, ...] = CLASSES
+    cached: bool = False  # True when read from the decoded-dataset cache rather than decoded now
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -92,23 +101,27 @@ class FERDataset:
             m = self.splits == s
             if m.any():
                 bins = np.bincount(self.labels[m], minlength=len(self.classes))
-                out[name] = {c: int(n) for c, n in zip(self.classes, bins)}
+                out[name] = {c: int(n) for c, n in zip(self.classes, bins, strict=True)}
         return out
 
 
 def resolve_split(name: str) -> str:
+    """Any accepted spelling (``val``, ``PublicTest``, ``test``, ...) -> one of ``SPLITS``; DataError otherwise."""
     key = SPLIT_ALIASES.get(name.strip().lower())
     if key is None:
         raise DataError(f"unknown split {name!r}: expected one of train, public (val), private (test), all")
     return key
 
 
+_CLASS_HINT = f"expected one of {', '.join(CLASSES)} (or an alias such as anger, happiness, sadness, surprised)"
+
+
 def resolve_class(name: str, where: str = "") -> int:
+    """A class folder name or alias -> index into ``CLASSES``; DataError that lists the expected names."""
     key = CLASS_ALIASES.get(name.strip().lower())
     if not key:
         at = f" in {where}" if where else ""
-        raise DataError(f"unknown class folder {name!r}{at}: expected one of {', '.join(CLASSES)} "
-                        f"(or an alias such as anger, happiness, sadness, surprised)")
+        raise DataError(f"unknown class folder {name!r}{at}: {_CLASS_HINT}")
     return CLASSES.index(key)
 
 
@@ -125,18 +138,70 @@ def default_data_path() -> Path:
     return Path("../shared/data/fer2013.zip")
 
 
+# ----------------------------------------------------------------------------------------------------
+# decoding
+
+
+def _image_kind(data: bytes) -> str | None:
+    """Image format from the first bytes (the formats OpenCV decodes), None when the bytes are no image."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"BM"):
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
+        return "PGM/PPM"
+    return None
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes -> 48x48 uint8 gray via the shared preprocess; DataError when undecodable."""
+    """Encoded image bytes -> (48, 48) uint8 gray via the shared preprocess.
+
+    Raises DataError naming ``name`` and the fault: empty file, bytes that are no image format, a truncated
+    JPEG (some libjpeg builds silently fill the missing part with gray), or data OpenCV cannot decode.
+    """
     import cv2
 
     if not data:
         raise DataError(f"{name}: empty file (0 bytes)")
+    kind = _image_kind(data)
+    if kind is None:
+        raise DataError(f"{name}: not an image file ({len(data)} bytes starting {data[:8]!r}; "
+                        f"expected JPEG, PNG, BMP, TIFF, WebP or PGM/PPM)")
+    # Byte stuffing keeps FFD9 out of entropy-coded data, so a complete JPEG has its end marker after its last scan.
+    if kind == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise DataError(f"{name}: truncated JPEG ({len(data)} bytes, no end-of-image marker after the image data)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise DataError(f"{name}: not a readable image (truncated or not an image file)")
+        raise DataError(f"{name}: truncated or corrupt {kind} image ({len(data)} bytes)")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
-    return preprocess(img, "bgr")
+    try:
+        return preprocess(img, "bgr")
+    except ValueError as e:
+        raise DataError(f"{name}: {e}") from None
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log while decoding a dataset: a bad file gets one DataError line, not libpng chatter."""
+    try:
+        from cv2.utils import logging as cvlog
+
+        old = cvlog.getLogLevel()
+        cvlog.setLogLevel(cvlog.LOG_LEVEL_SILENT)
+    except (ImportError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        cvlog.setLogLevel(old)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -155,91 +220,169 @@ def _split_of(relpath: str, default: str) -> str:
     return default
 
 
+def _folder_split(path: Path) -> str:
+    """Split of images that name none themselves: the folder's own name when it is a split (``val/``), else train."""
+    return SPLIT_ALIASES.get(path.resolve().name.lower(), "train")
+
+
+def _hidden(rel: str) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in rel.split("/"))
+
+
 def _entries(names: Iterable[str], where: str) -> Iterator[tuple[str, str]]:
     """(relpath, class folder) for image paths laid out as [split/]class/file."""
     for rel in names:
-        if rel.endswith("/") or not rel.lower().endswith(IMAGE_SUFFIXES):
+        if rel.endswith("/") or not rel.lower().endswith(IMAGE_SUFFIXES) or _hidden(rel):
             continue
         parts = rel.split("/")
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            continue
         if len(parts) < 2:
-            raise DataError(f"{where}: image {rel!r} is not inside a <class>/ folder")
+            raise DataError(f"{where}: image {rel!r} is not inside a <class>/ folder; expected <class>/*.jpg or "
+                            f"train/<class>/*.jpg ({_CLASS_HINT})")
         yield rel, parts[-2]
 
 
-def _read_images(items: Iterable[tuple[str, str, bytes | None]], reader, where: str, skip_bad: bool,
-                 default_split: str, progress: bool) -> FERDataset:
-    items = list(items)
-    images = np.empty((len(items), INPUT_SIZE, INPUT_SIZE), np.uint8)
+def _class_labels(entries: list[tuple[str, str]], where: str) -> dict[str, int]:
+    """Resolve every class folder before decoding anything, so a wrong layout fails at once and names them all."""
+    example: dict[str, str] = {}
+    for rel, cls in entries:
+        example.setdefault(cls, rel)
+    labels, unknown = {}, []
+    for cls, rel in sorted(example.items()):
+        key = CLASS_ALIASES.get(cls.strip().lower())
+        if key:
+            labels[cls] = CLASSES.index(key)
+        else:
+            unknown.append(f"{cls!r} (e.g. {rel})")
+    if unknown:
+        hint = ""
+        if any(CLASS_ALIASES.get(c.lower()) == "" for c in example):
+            hint = "; contempt is not one of the 7 FER2013 classes"
+        elif any(c.lower() in SPLIT_ALIASES for c in example if c not in labels):
+            hint = "; images in a split folder must sit in <class>/ folders, e.g. train/happy/*.jpg"
+        raise DataError(f"{where}: unknown class folder{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+                        f"{_CLASS_HINT}{hint}; rename or remove {'them' if len(unknown) > 1 else 'it'}")
+    return labels
+
+
+def _read_images(entries: list[tuple[str, str]], reader: Callable[[str], bytes], where: str, sep: str,
+                 skip_bad: bool, default_split: str, progress: bool) -> FERDataset:
+    label_of = _class_labels(entries, where)
+    images = np.empty((len(entries), INPUT_SIZE, INPUT_SIZE), np.uint8)
     labels, splits, sources, skipped = [], [], [], []
-    label_of: dict[str, int] = {}
-    it = items
-    if progress and len(items) > 2000:
+    it: Iterable[tuple[str, str]] = entries
+    if progress and len(entries) > 2000:
         from tqdm import tqdm
 
-        it = tqdm(items, desc=f"decoding {Path(where).name}", unit="img", leave=False)
+        it = tqdm(entries, desc=f"decoding {Path(where).name}", unit="img", leave=False)
     n = 0
-    for rel, cls, _ in it:
-        if cls not in label_of:
-            label_of[cls] = resolve_class(cls, where)
-        try:
-            images[n] = decode_image(reader(rel), f"{where}/{rel}" if not where.endswith(".zip") else f"{where}:{rel}")
-        except DataError as e:
-            if not skip_bad:
-                raise
-            skipped.append(str(e))
-            continue
-        labels.append(label_of[cls])
-        splits.append(SPLITS.index(_split_of(rel, default_split)))
-        sources.append(rel)
-        n += 1
+    with _quiet_opencv():
+        for rel, cls in it:
+            try:
+                images[n] = decode_image(reader(rel), f"{where}{sep}{rel}")
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                skipped.append(str(e))
+                continue
+            labels.append(label_of[cls])
+            splits.append(SPLITS.index(_split_of(rel, default_split)))
+            sources.append(rel)
+            n += 1
     if n == 0:
-        raise DataError(f"{where}: no readable images found")
+        raise DataError(f"{where}: none of the {len(entries)} images is readable (first: {skipped[0]})")
     return FERDataset(images[:n].copy(), np.asarray(labels, np.int64), np.asarray(splits, np.int8),
                       sources, where, skipped)
+
+
+def _pick_csv(names: list[str], where: str) -> str | None:
+    """The CSV to read when a source holds no images: fer2013.csv if present, else the only CSV."""
+    names = [n for n in names if n.lower().endswith(".csv") and not _hidden(n)]
+    if not names:
+        return None
+    named = [n for n in names if n.rsplit("/", 1)[-1].lower() == "fer2013.csv"]
+    if named:
+        return named[0]
+    if len(names) > 1:
+        raise DataError(f"{where}: no images and several CSV files ({', '.join(names)}); give the path of the one "
+                        f"to load")
+    return names[0]
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
 def _load_zip(path: Path, skip_bad: bool, progress: bool) -> FERDataset:
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{path}: not a valid zip file ({e})") from None
     with zf:
-        names = [n for n in zf.namelist()]
-        csvs = [n for n in names if n.lower().endswith(".csv") and "__MACOSX" not in n]
+        names = sorted(zf.namelist())
         entries = list(_entries(names, str(path)))
-        if not entries and csvs:
-            with zf.open(csvs[0]) as f:
-                return _load_csv_stream(io.TextIOWrapper(f, "utf-8"), f"{path}:{csvs[0]}", skip_bad)
         if not entries:
-            raise DataError(f"{path}: no images in <class>/ folders and no fer2013.csv inside the zip")
-        return _read_images(((r, c, None) for r, c in entries), zf.read, str(path), skip_bad, "train", progress)
+            name = _pick_csv(names, str(path))
+            if name is None:
+                raise DataError(f"{path}: no images in <class>/ folders and no fer2013.csv inside the zip "
+                                f"(classes: {', '.join(CLASSES)})")
+            try:
+                with zf.open(name) as f:
+                    return _load_csv_stream(io.TextIOWrapper(f, "utf-8-sig", newline=""), f"{path}:{name}", skip_bad)
+            except _ZIP_ERRORS as e:
+                raise DataError(f"{path}:{name}: cannot be read from the zip ({e})") from None
+
+        def read(rel: str) -> bytes:
+            try:
+                return zf.read(rel)
+            except _ZIP_ERRORS as e:
+                raise DataError(f"{path}:{rel}: cannot be read from the zip ({e})") from None
+
+        return _read_images(entries, read, str(path), ":", skip_bad, "train", progress)
 
 
 def _load_folder(path: Path, skip_bad: bool, progress: bool) -> FERDataset:
     files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
     entries = list(_entries(files, str(path)))
     if not entries:
-        csvs = [f for f in files if f.lower().endswith(".csv")]
-        if csvs:
-            return _load_csv(path / csvs[0], skip_bad)
-        raise DataError(f"{path}: no images found; expected <class>/*.jpg, train/<class>/*.jpg "
-                        f"or a fer2013.csv (classes: {', '.join(CLASSES)})")
-    return _read_images(((r, c, None) for r, c in entries), lambda r: (path / r).read_bytes(), str(path),
-                        skip_bad, "train", progress)
+        name = _pick_csv(files, str(path))
+        if name is not None:
+            return _load_csv(path / name, skip_bad)
+        what = "is empty" if not files else f"has {len(files)} files but no images and no .csv"
+        raise DataError(f"{path}: folder {what}; expected <class>/*.jpg, train/<class>/*.jpg or a fer2013.csv "
+                        f"({_CLASS_HINT})")
+
+    def read(rel: str) -> bytes:
+        try:
+            return (path / rel).read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}/{rel}: cannot be read ({e.strerror or e})") from None
+
+    return _read_images(entries, read, str(path), "/", skip_bad, _folder_split(path), progress)
 
 
 def _load_csv(path: Path, skip_bad: bool) -> FERDataset:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return _load_csv_stream(f, str(path), skip_bad)
+
+
+def _csv_rows(reader, where: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields); a file that cannot be parsed at all (bad encoding, NUL bytes) is a DataError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{where} near line {reader.line_num + 1}: not a readable CSV ({e})") from None
+        yield reader.line_num, row
 
 
 def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
     reader = csv.reader(stream)
-    header = next(reader, None)
-    if header is None:
+    rows = _csv_rows(reader, where)
+    first = next(rows, None)
+    if first is None:
         raise DataError(f"{where}: empty CSV file")
+    header = first[1]
     cols = [h.strip().lower() for h in header]
     if "emotion" not in cols or "pixels" not in cols:
         raise DataError(f"{where}: CSV header must have 'emotion' and 'pixels' columns (and optionally 'Usage'), "
@@ -248,27 +391,34 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
     iu = cols.index("usage") if "usage" in cols else None
     images, labels, splits, sources, skipped = [], [], [], [], []
     npix = INPUT_SIZE * INPUT_SIZE
-    for lineno, row in enumerate(reader, start=2):
+    for lineno, row in rows:
         if not row or all(not c.strip() for c in row):
             continue
+        at = f"{where} line {lineno}"
         try:
-            if len(row) <= max(ie, ip, iu or 0):
-                raise DataError(f"{where} line {lineno}: expected {len(cols)} fields, got {len(row)}")
+            if len(row) != len(cols):
+                raise DataError(f"{at}: expected {len(cols)} fields ({', '.join(h.strip() for h in header)}), "
+                                f"got {len(row)}")
             try:
                 e = int(row[ie])
             except ValueError:
-                raise DataError(f"{where} line {lineno}: emotion {row[ie]!r} is not an integer 0..6") from None
+                raise DataError(f"{at}: emotion {row[ie]!r} is not an integer 0..6") from None
             if not 0 <= e < len(CSV_LABELS):
-                raise DataError(f"{where} line {lineno}: emotion {e} is out of range 0..6")
+                raise DataError(f"{at}: emotion {e} is out of range 0..6")
             try:
                 px = np.array(row[ip].split(), dtype=np.int64)
             except ValueError:
-                raise DataError(f"{where} line {lineno}: pixels must be space-separated integers") from None
+                raise DataError(f"{at}: pixels must be space-separated integers 0..255") from None
             if px.size != npix:
-                raise DataError(f"{where} line {lineno}: expected {npix} pixels (48x48), got {px.size}")
+                raise DataError(f"{at}: expected {npix} pixels (48x48), got {px.size}")
             if px.min() < 0 or px.max() > 255:
-                raise DataError(f"{where} line {lineno}: pixel values must be in 0..255")
-            split = resolve_split(row[iu]) if iu is not None else "train"
+                raise DataError(f"{at}: pixel value {int(px.min() if px.min() < 0 else px.max())} is out of "
+                                f"range 0..255")
+            split = "train"
+            if iu is not None:
+                split = SPLIT_ALIASES.get(row[iu].strip().lower(), "")
+                if not split:
+                    raise DataError(f"{at}: Usage {row[iu]!r} is not Training, PublicTest or PrivateTest")
         except DataError as err:
             if not skip_bad:
                 raise
@@ -279,7 +429,8 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
         splits.append(SPLITS.index(split))
         sources.append(f"line {lineno}")
     if not images:
-        raise DataError(f"{where}: no valid rows")
+        first_bad = f" (first: {skipped[0]})" if skipped else ""
+        raise DataError(f"{where}: no valid rows{first_bad}")
     return FERDataset(np.stack(images), np.asarray(labels, np.int64), np.asarray(splits, np.int8), sources,
                       where, skipped)
 
@@ -289,18 +440,22 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
 
 
 def cache_dir() -> Path:
+    """Where decoded datasets are kept: ``$EMOLENS_CACHE``, else ~/.cache/emolens."""
     return Path(os.environ.get("EMOLENS_CACHE", Path.home() / ".cache" / "emolens"))
 
 
 def source_key(path: Path, skip_bad: bool = False) -> str:
     """Content key of a data source: sha256 of a file's bytes; for a folder, of every file's path,
-    size and modification time (hashing 35k small files' bytes would cost more than decoding them)."""
+    size and modification time (hashing 35k small files' bytes would cost more than decoding them)
+    and of the split its unprefixed images get from the folder's name."""
+    path = Path(path)
     h = hashlib.sha256(f"v{CACHE_VERSION}:{INPUT_SIZE}:{skip_bad}".encode())
     if path.is_file():
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     else:
+        h.update(f"default split {_folder_split(path)}\n".encode())
         for p in sorted(path.rglob("*")):
             if p.is_file():
                 st = p.stat()
@@ -309,12 +464,15 @@ def source_key(path: Path, skip_bad: bool = False) -> str:
 
 
 def _save_cache(ds: FERDataset, target: Path) -> None:
+    """Temp file + fsync + rename: a crash leaves the old cache or none, never half of one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp.npz")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=ds.images, labels=ds.labels, splits=ds.splits,
-                     sources=np.asarray(ds.sources), skipped=np.asarray(ds.skipped, dtype=str))
+                     sources=np.asarray(ds.sources, dtype=str), skipped=np.asarray(ds.skipped, dtype=str))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -322,12 +480,19 @@ def _save_cache(ds: FERDataset, target: Path) -> None:
 
 
 def _read_cache(target: Path, origin: str) -> FERDataset | None:
+    """The cached dataset, or None when the file is damaged or inconsistent (it is then rebuilt, never trusted)."""
     try:
-        with np.load(target) as z:
-            return FERDataset(z["images"], z["labels"], z["splits"], z["sources"].tolist(), origin,
-                              z["skipped"].tolist())
-    except Exception:  # a damaged cache file is rebuilt, never trusted
+        with np.load(target, allow_pickle=False) as z:
+            images, labels, splits = z["images"], z["labels"], z["splits"]
+            sources, skipped = z["sources"].tolist(), z["skipped"].tolist()
+    except Exception:
         return None
+    n = len(labels)
+    if (images.dtype != np.uint8 or images.shape != (n, INPUT_SIZE, INPUT_SIZE) or labels.dtype != np.int64
+            or splits.shape != (n,) or len(sources) != n or n == 0
+            or labels.min() < 0 or labels.max() >= len(CLASSES) or splits.min() < 0 or splits.max() >= len(SPLITS)):
+        return None
+    return FERDataset(images, labels, splits.astype(np.int8), sources, origin, skipped, cached=True)
 
 
 def load_dataset(path: str | os.PathLike, skip_bad: bool = False, cache: bool = True,
@@ -342,6 +507,10 @@ def load_dataset(path: str | os.PathLike, skip_bad: bool = False, cache: bool = 
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    suffix = path.suffix.lower()
+    if not path.is_dir() and suffix not in (".zip", ".csv"):
+        raise DataError(f"{path}: unknown data layout; give a Kaggle folder or .zip (train/<class>/*.jpg), "
+                        f"a fer2013.csv, or a folder of <class>/ image folders")
     target = None
     if cache:
         target = cache_dir() / f"dataset-{source_key(path, skip_bad)}.npz"
@@ -349,18 +518,199 @@ def load_dataset(path: str | os.PathLike, skip_bad: bool = False, cache: bool = 
             ds = _read_cache(target, str(path))
             if ds is not None:
                 return ds
-    suffix = path.suffix.lower()
     if path.is_dir():
         ds = _load_folder(path, skip_bad, progress)
     elif suffix == ".zip":
         ds = _load_zip(path, skip_bad, progress)
-    elif suffix == ".csv":
-        ds = _load_csv(path, skip_bad)
     else:
-        raise DataError(f"{path}: unknown data layout; give a folder, a .zip or a fer2013.csv")
+        ds = _load_csv(path, skip_bad)
     if target is not None:
         try:
             _save_cache(ds, target)
         except OSError:
             pass  # a read-only cache folder only costs speed
     return ds
+
+
+# ----------------------------------------------------------------------------------------------------
+# dataset report (``emolens data stats``)
+
+
+def find_duplicates(images: np.ndarray) -> list[np.ndarray]:
+    """Groups of exact-pixel duplicates among ``images`` (N, 48, 48) uint8: each group the ascending indices
+    of 2+ images whose bytes are identical (BLAKE2b of the 2304 bytes), groups in order of first index."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    by_hash: dict[bytes, list[int]] = {}
+    for i, row in enumerate(flat):
+        by_hash.setdefault(hashlib.blake2b(row.data, digest_size=16).digest(), []).append(i)
+    return [np.asarray(v) for v in by_hash.values() if len(v) > 1]
+
+
+def _duplicate_summary(ds: FERDataset, groups: list[np.ndarray]) -> dict[str, Any]:
+    present = [s for s in range(len(SPLITS)) if (ds.splits == s).any()]
+    within = {SPLITS[s]: {"groups": 0, "images": 0, "extra_copies": 0} for s in present}
+    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+    across = {f"{SPLITS[a]}-{SPLITS[b]}": {"groups": 0, f"images_{SPLITS[a]}": 0, f"images_{SPLITS[b]}": 0}
+              for a, b in pairs}
+    conflicts = conflict_images = 0
+    for g in groups:
+        per = np.bincount(ds.splits[g], minlength=len(SPLITS))
+        for s in present:
+            if per[s] >= 2:
+                w = within[SPLITS[s]]
+                w["groups"] += 1
+                w["images"] += int(per[s])
+                w["extra_copies"] += int(per[s]) - 1
+        for a, b in pairs:
+            if per[a] and per[b]:
+                x = across[f"{SPLITS[a]}-{SPLITS[b]}"]
+                x["groups"] += 1
+                x[f"images_{SPLITS[a]}"] += int(per[a])
+                x[f"images_{SPLITS[b]}"] += int(per[b])
+        if len(set(ds.labels[g].tolist())) > 1:
+            conflicts += 1
+            conflict_images += len(g)
+    flat = ds.images.reshape(len(ds), -1)
+    constant = flat.min(axis=1) == flat.max(axis=1)
+    return {
+        "groups": len(groups), "images": int(sum(len(g) for g in groups)),
+        "extra_copies": int(sum(len(g) - 1 for g in groups)),
+        "within": within, "across": across,
+        "label_conflicts": {"groups": conflicts, "images": conflict_images},
+        "constant_images": {SPLITS[s]: int((constant & (ds.splits == s)).sum()) for s in present},
+    }
+
+
+def _stats_name(path: Path) -> str:
+    path = path.resolve()
+    return (path.name if path.is_dir() else path.stem) or "data"
+
+
+def dataset_stats(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                  skip_bad: bool = False, cache: bool = True, samples_per_class: int = 8,
+                  progress: bool = True) -> dict[str, Any]:
+    """Counts, charts, samples and exact duplicates of a FER dataset, written to ``out``.
+
+    ``data`` is anything :func:`load_dataset` reads (default: :func:`default_data_path`). Writes
+    ``stats.csv`` (split, class, count, percent of the split), ``stats.json`` (everything returned here),
+    ``duplicates.csv`` (one row per image in a group of identical 48x48 images), ``class_distribution.png``
+    and ``samples.png`` (300 DPI) to ``out`` (default ``runs/stats/<data name>/``). Returns the
+    stats.json dict plus ``out``. Example: ``dataset_stats("fer2013.zip")["duplicates"]["across"]``.
+    """
+    from .checkpoint import atomic_write_bytes
+    from .reports import plot_class_distribution, plot_sample_grid
+
+    if data is None:
+        path = default_data_path()
+        if not path.exists():
+            raise DataError(f"no DATA given and no FER2013 at {path}: run `emolens data stats DATA` with DATA a "
+                            f"Kaggle folder or .zip (train/<class>/*.jpg), a fer2013.csv or a folder of <class>/ "
+                            f"images, or set EMOLENS_FER2013")
+    else:
+        path = Path(data)
+    t0 = time.perf_counter()
+    ds = load_dataset(path, skip_bad=skip_bad, cache=cache, progress=progress)
+    load_seconds = time.perf_counter() - t0
+    out_dir = Path(out) if out is not None else Path("runs") / "stats" / _stats_name(path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: --out exists and is not a folder")
+
+    counts = ds.counts()
+    counts_all = {c: int(n) for c, n in zip(CLASSES, np.bincount(ds.labels, minlength=len(CLASSES)), strict=True)}
+    table = {**counts, "all": counts_all}
+    splits_out: dict[str, Any] = {}
+    for split, per in table.items():
+        total = sum(per.values())
+        splits_out[split] = {"total": total, "classes": {
+            c: {"count": n, "percent": round(100.0 * n / total, 2) if total else 0.0} for c, n in per.items()}}
+    groups = find_duplicates(ds.images)
+    result: dict[str, Any] = {
+        "data": str(path), "images": len(ds), "classes": list(CLASSES), "splits": splits_out,
+        "duplicates": _duplicate_summary(ds, groups),
+        "skipped": {"count": len(ds.skipped), "files": list(ds.skipped)},
+        "load_seconds": round(load_seconds, 3), "from_cache": ds.cached,
+    }
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split", "class", "count", "percent"])
+    for split, s in splits_out.items():
+        for c, v in s["classes"].items():
+            w.writerow([split, c, v["count"], f"{v['percent']:.2f}"])
+        w.writerow([split, "total", s["total"], "100.00" if s["total"] else "0.00"])
+    atomic_write_bytes(out_dir / "stats.csv", buf.getvalue().encode())
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["group", "hash", "split", "class", "source"])
+    for gi, g in enumerate(groups, start=1):
+        digest = hashlib.blake2b(ds.images[g[0]].tobytes(), digest_size=16).hexdigest()
+        for i in g:
+            w.writerow([gi, digest, SPLITS[ds.splits[i]], CLASSES[ds.labels[i]], ds.sources[i]])
+    atomic_write_bytes(out_dir / "duplicates.csv", buf.getvalue().encode())
+
+    name = _stats_name(path)
+    plot_class_distribution(counts, out_dir / "class_distribution.png", title=f"{name}: images per class and split")
+    rng = np.random.default_rng(0)
+    samples = {}
+    for k, c in enumerate(CLASSES):
+        idx = np.flatnonzero(ds.labels == k)
+        pick = np.sort(rng.choice(idx, size=min(samples_per_class, len(idx)), replace=False)) if len(idx) else idx
+        samples[c] = ds.images[pick]
+    plot_sample_grid(samples, out_dir / "samples.png", counts=counts_all,
+                     title=f"{name}: {samples_per_class} random faces per class (48x48, as stored)")
+
+    result["outputs"] = {k: str(out_dir / f) for k, f in (
+        ("csv", "stats.csv"), ("json", "stats.json"), ("duplicates", "duplicates.csv"),
+        ("class_distribution", "class_distribution.png"), ("samples", "samples.png"))}
+    atomic_write_bytes(out_dir / "stats.json", (json.dumps(result, indent=1) + "\n").encode())
+    return {**result, "out": str(out_dir)}
+
+
+def print_stats(stats: dict[str, Any], console=None) -> None:
+    """The :func:`dataset_stats` result as a terminal table (count and percent per split and class) and a
+    few lines on duplicates, skipped files and the output folder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    splits = list(stats["splits"])
+    table = Table(title=f"{stats['data']}: {stats['images']} images", title_justify="left")
+    table.add_column("class")
+    for s in splits:
+        table.add_column(s, justify="right")
+        table.add_column("%", justify="right")
+    for c in stats["classes"]:
+        row = [c]
+        for s in splits:
+            v = stats["splits"][s]["classes"][c]
+            row += [str(v["count"]), f"{v['percent']:.1f}"]
+        table.add_row(*row)
+    table.add_section()
+    table.add_row("total", *[x for s in splits for x in (str(stats["splits"][s]["total"]), "100.0")])
+    console.print(table)
+
+    def say(msg: str) -> None:
+        console.print(msg, markup=False, highlight=False)
+
+    d = stats["duplicates"]
+    say(f"exact-pixel duplicates: {d['groups']} groups of identical images ({d['images']} images, "
+        f"{d['extra_copies']} extra copies); {d['label_conflicts']['groups']} groups carry different labels")
+    for s, w in d["within"].items():
+        say(f"  within {s}: {w['groups']} groups, {w['extra_copies']} extra copies")
+    for pair, x in d["across"].items():
+        a, b = pair.split("-")
+        say(f"  across {a} and {b}: {x['groups']} images present in both ({x[f'images_{a}']} in {a}, "
+            f"{x[f'images_{b}']} in {b})")
+    blank = sum(d["constant_images"].values())
+    if blank:
+        say(f"  constant (blank) images: {blank} ("
+            + ", ".join(f"{n} in {s}" for s, n in d["constant_images"].items() if n) + ")")
+    if stats["skipped"]["count"]:
+        first = stats["skipped"]["files"][:3]
+        say(f"skipped {stats['skipped']['count']} unreadable files or rows (all listed in stats.json), e.g.:")
+        for line in first:
+            say(f"  {line}")
+    src = "cache" if stats["from_cache"] else "decoded"
+    say(f"loaded in {stats['load_seconds']:.2f} s ({src}); outputs in {stats['out']}/: stats.csv, stats.json, "
+        f"duplicates.csv, class_distribution.png, samples.png")

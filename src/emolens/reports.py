@@ -49,6 +49,70 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path) -> Non
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------------- dataset
+# Figures for ``emolens data stats`` (``emolens.data.dataset_stats``), 300 DPI.
+
+
+def plot_class_distribution(counts: dict[str, dict[str, int]], path: str | Path, title: str = "",
+                            dpi: int = 300) -> None:
+    """Grouped bars of images per class, one bar per split ({split: {class: count}}), the count on each bar,
+    so the imbalance (disgust is ~1.5% of FER2013) is visible at a glance."""
+    import numpy as np
+
+    plt = _pyplot()
+    splits = list(counts)
+    classes = list(next(iter(counts.values()))) if counts else []
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(splits), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(classes) + 1.5), 4.2))
+    for i, split in enumerate(splits):
+        vals = [counts[split][c] for c in classes]
+        bars = ax.bar(x + (i - (len(splits) - 1) / 2) * width, vals, width, label=f"{split} ({sum(vals)})")
+        ax.bar_label(bars, fontsize=6, padding=1)
+    ax.set_xticks(x, classes)
+    ax.set_ylabel("images")
+    ax.set_title(title or "images per class and split", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_sample_grid(samples: dict[str, Any], path: str | Path, title: str = "",
+                     counts: dict[str, int] | None = None, dpi: int = 300) -> None:
+    """One row per class of a few faces ({class: (k, H, W) uint8}), drawn pixel for pixel in gray (no
+    smoothing, fixed 0..255 scale) so what is shown is what the model sees; an empty class gets an empty row.
+    The faces are tiled into one image: one imshow instead of one axes per face keeps it fast."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = list(samples)
+    cols = max([len(v) for v in samples.values()] + [1])
+    h, w = next((np.shape(v)[1:3] for v in samples.values() if len(v)), (48, 48))
+    gap = 2
+    mosaic = np.full((len(names) * (h + gap) - gap, cols * (w + gap) - gap), 255, np.uint8)
+    for r, name in enumerate(names):
+        for c, face in enumerate(samples[name][:cols]):
+            mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = face
+    labels = []
+    for name in names:
+        label = name if counts is None else f"{name} ({counts.get(name, 0)})"
+        labels.append(label if len(samples[name]) else f"{label}: none")
+    fig, ax = plt.subplots(figsize=(0.8 * cols + 1.6, 0.8 * len(names) + 0.6))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + gap) + h / 2 for r in range(len(names))], labels, fontsize=8)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title or "samples per class", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=dpi)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 # Plots and report files for ``emolens.evaluate``; metric dicts come from ``evaluate.classification_metrics``.
 
