@@ -46,16 +46,20 @@ def _add_data(sub) -> None:
                         description="Counts per split and class (table, CSV, JSON), a class-distribution chart "
                                     "and a sample grid (PNG, 300 DPI), and exact-pixel duplicates.")
     s.add_argument("data", nargs="?", default=None,
-                   help="Kaggle folder or .zip, fer2013.csv, or <class>/ folder (default: the bundled sample)")
+                   help="Kaggle folder or .zip, fer2013.csv, or <class>/ folder "
+                        "(default: $EMOLENS_FER2013, else ../shared/data/fer2013.zip)")
     s.add_argument("--out", default=None, help="folder for CSV/JSON/PNG outputs (default: runs/stats/<name>)")
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable images/rows (counted) instead of failing")
     s.add_argument("--no-cache", action="store_true", help="decode again instead of using the cache")
 
 
 def _cmd_data(args) -> int:
-    from .data import dataset_stats
+    from rich.console import Console
 
-    dataset_stats(args.data, out=args.out, skip_bad=args.skip_bad, cache=not args.no_cache)
+    from .data import dataset_stats, print_stats
+
+    stats = dataset_stats(args.data, out=args.out, skip_bad=args.skip_bad, cache=not args.no_cache)
+    print_stats(stats, Console())
     return 0
 
 
