@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -76,10 +77,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
+        if value is None:  # a bare `key:` in YAML; str(None) would silently become "None"
+            raise ConfigError(f"{key}: no value given; write {key}: \"\" for an empty string")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -141,13 +147,18 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--key`` option per field (default None: only what is given overrides the YAML)."""
+    """One ``--key`` option per field. An option not given leaves no attribute on the namespace
+    (``argparse.SUPPRESS``), so only what is typed overrides the YAML; read them with
+    :func:`overrides_from_args`. (SUPPRESS also keeps ArgumentDefaultsHelpFormatter from printing a
+    misleading "default: None" beside the field's real default.)"""
     group = parser.add_argument_group(f"{cls.__name__} options (override the YAML)")
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE", help=help_)
+        help_ = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse %-formats help
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, metavar="VALUE",
+                           help=help_)
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The ``--key value`` options given on the command line, as {field: string value}."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}

@@ -159,6 +159,80 @@ def keras_parameter_count(model: nn.Module) -> int:
     return n
 
 
+def example_input(model: nn.Module, batch_size: int = 1, input_size: int = 48) -> torch.Tensor:
+    """A zero input of the shape ``model`` takes: (B, 1, S, S) for image models; a model whose
+    ``input_kind`` is "sequence" (or "video") takes (B, T, 1, S, S) with T = its ``num_frames``/``seq_len``
+    (default 8). A model may also define ``example_input(batch_size, input_size)`` itself."""
+    own = getattr(model, "example_input", None)
+    if callable(own):
+        return own(batch_size, input_size)
+    if getattr(model, "input_kind", "image") in ("sequence", "video"):
+        t = int(getattr(model, "num_frames", getattr(model, "seq_len", 8)))
+        return torch.zeros(batch_size, t, 1, input_size, input_size)
+    return torch.zeros(batch_size, 1, input_size, input_size)
+
+
+_RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _rnn_matmul_flops(m: nn.RNNBase, x: torch.Tensor | nn.utils.rnn.PackedSequence) -> int:
+    """Matmul FLOPs (2 per multiply-add, as FlopCounterMode counts) of one RNN/LSTM/GRU call: per step,
+    layer and direction, gates * hidden * (input + hidden) multiply-adds, plus the projection if any."""
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        steps = int(x.data.shape[0])  # sum of the sequence lengths over the batch
+    else:
+        steps = int(x.numel() // x.shape[-1])  # batch * time, batched or not
+    gates = _RNN_GATES[m.mode]
+    dirs = 2 if m.bidirectional else 1
+    h_out = m.proj_size or m.hidden_size
+    macs = 0
+    for layer in range(m.num_layers):
+        in_size = m.input_size if layer == 0 else h_out * dirs
+        per_step = gates * m.hidden_size * (in_size + h_out) + m.proj_size * m.hidden_size
+        macs += dirs * steps * per_step
+    return 2 * macs
+
+
+def count_flops(model: nn.Module, input_size: int = 48, x: torch.Tensor | None = None) -> int:
+    """Forward FLOPs for one input (batch 1, see :func:`example_input`), counting 2 per multiply-add of
+    convolutions and matrix products as ``torch.utils.flop_counter.FlopCounterMode`` does.
+
+    FlopCounterMode sees only the ops the dispatcher runs; the fused LSTM kernels (``mkldnn_rnn_layer``
+    on CPU, ``_cudnn_rnn`` on CUDA) are not among the ops it counts, so every RNN module that it
+    credited with nothing is counted here from its sizes (gates x hidden x (input + hidden) per step).
+    Elementwise work (activations, norms, gate nonlinearities) is not counted, by either.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if x is None:
+        x = example_input(model, 1, input_size)
+    x = x.to(next(model.parameters()).device)
+    rnn_calls: list[tuple[str, int]] = []
+    names = {m: name for name, m in model.named_modules()}
+
+    def hook(m: nn.Module, args: tuple) -> None:
+        rnn_calls.append((names[m], _rnn_matmul_flops(m, args[0])))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    counts = counter.get_flop_counts()
+    total = counter.get_total_flops()
+    root = type(model).__name__
+    for name, flops in rnn_calls:
+        if sum(counts.get(f"{root}.{name}", {}).values()) == 0:
+            total += flops
+    return int(total)
+
+
 @register_model
 def cnn_lstm(**kw) -> nn.Module:
     return CNNLSTMClassifier(**kw)

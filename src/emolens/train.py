@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write_bytes, load_model, make_checkpoint, read_checkpoint, save_checkpoint
-from .config import to_dict
+from .config import ConfigError, to_dict
 from .preprocess import CLASSES, MEAN, STD
 
 
@@ -68,7 +68,6 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:
-        from .config import ConfigError
         from .models import list_models
 
         if self.model not in list_models():
@@ -76,10 +75,20 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")
+        for name in ("patience", "threads", "weight_decay", "momentum", "rotate", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be zero or more, got {getattr(self, name)}")
         if not 0 < self.train_fraction <= 1:
             raise ConfigError("train_fraction: must be in (0, 1]")
         if self.lr <= 0:
             raise ConfigError("lr: must be positive")
+        # [lo, hi) ranges; each bound says why: a zoom or shift of 1 maps the face out of the frame
+        for name, lo, hi in (("label_smoothing", 0, 1), ("zoom", 0, 1), ("shift", 0, 1), ("warmup", 0, 1)):
+            if not lo <= getattr(self, name) < hi:
+                raise ConfigError(f"{name}: must be in [{lo}, {hi}), got {getattr(self, name)}")
+        for name in ("erase", "mix_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: a probability, must be in [0, 1], got {getattr(self, name)}")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -96,6 +105,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
+    """A 63-bit seed for one (run seed, epoch, process, random stream). Every random stream (data order,
+    augmentation, dropout) is re-seeded from this at each epoch start, so a resumed run draws exactly
+    what the uninterrupted run drew, on any device and on every DDP rank, without storing RNG states."""
+    ss = np.random.SeedSequence([seed % 2**64, epoch, rank, stream])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps per epoch: full batches only (a ragged last batch would reweight its images),
+    one step over everything when the split is smaller than a batch."""
+    return max(n // min(batch_size, max(n, 1)), 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,7 +141,9 @@ def augment_batch(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> to
 
     ang = u(-cfg.rotate, cfg.rotate) * (math.pi / 180)
     scale = u(1 - cfg.zoom, 1 + cfg.zoom)
-    flip = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(b, device=dev)
+    flip = torch.ones(b, device=dev)
+    if cfg.hflip:
+        flip = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0)
     tx, ty = u(-cfg.shift, cfg.shift) * 2, u(-cfg.shift, cfg.shift) * 2
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
@@ -144,17 +169,19 @@ def augment_batch(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> to
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
     """Mixup or cutmix: returns (x, y_a, y_b, lam) with loss = lam * CE(y_a) + (1 - lam) * CE(y_b)."""
-    use_mix = (cfg.mixup > 0 or cfg.cutmix > 0) and torch.rand(1, generator=gen).item() < cfg.mix_prob
-    if not use_mix:
+    gdev = gen.device  # draws must be made on the generator's device (a CUDA generator cannot fill CPU tensors)
+    if not (cfg.mixup > 0 or cfg.cutmix > 0) or torch.rand(1, generator=gen, device=gdev).item() >= cfg.mix_prob:
         return x, y, y, 1.0
-    perm = torch.randperm(x.shape[0], generator=gen, device="cpu").to(x.device)
-    use_cutmix = cfg.cutmix > 0 and (cfg.mixup <= 0 or torch.rand(1, generator=gen).item() < 0.5)
+    perm = torch.randperm(x.shape[0], generator=gen, device=gdev).to(x.device)
+    use_cutmix = cfg.cutmix > 0 and (cfg.mixup <= 0 or torch.rand(1, generator=gen, device=gdev).item() < 0.5)
     alpha = cfg.cutmix if use_cutmix else cfg.mixup
-    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen))).beta(alpha, alpha))
+    lam_seed = int(torch.randint(0, 2**31, (1,), generator=gen, device=gdev))
+    lam = float(np.random.default_rng(lam_seed).beta(alpha, alpha))
     if use_cutmix:
         h, w = x.shape[2:]
         rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(0, h, (1,), generator=gen)), int(torch.randint(0, w, (1,), generator=gen))
+        cy = int(torch.randint(0, h, (1,), generator=gen, device=gdev))
+        cx = int(torch.randint(0, w, (1,), generator=gen, device=gdev))
         y0, y1 = max(cy - rh // 2, 0), min(cy + rh // 2, h)
         x0, x1 = max(cx - rw // 2, 0), min(cx + rw // 2, w)
         x = x.clone()
@@ -178,16 +205,25 @@ def _autocast(device: torch.device, enabled: bool):
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
                     loss_fn: nn.Module, cfg: TrainConfig, gen: torch.Generator, epoch: int,
                     rank: int = 0, world: int = 1, per_step_schedule: bool = True) -> dict[str, float]:
-    """One pass over (N, 48, 48) uint8 ``images`` on the device; returns {loss, acc, lr, seconds}."""
+    """One pass over (N, 48, 48) uint8 ``images`` on the device; returns {train_loss, train_acc, lr,
+    train_seconds}, summed over all ``world`` processes.
+
+    Every process draws the same permutation; each global batch of ``batch_size`` images is cut into
+    ``world`` disjoint shards of ``batch_size // world`` and DDP averages the shards' gradients, so a step
+    sees the same images whatever the number of processes.
+    """
     model.train()
     dev = images.device
     n = len(labels)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
-    local_bs = max(cfg.batch_size // world, 1)
-    steps = n // cfg.batch_size if n >= cfg.batch_size else 1
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))).to(dev)
+    global_bs = min(cfg.batch_size, n)
+    local_bs = global_bs // world
+    if local_bs < 1:
+        raise ValueError(f"{n} training images cannot be shared among {world} processes")
+    steps = steps_per_epoch(n, cfg.batch_size)
     total_loss = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev)
-    seen = 0
+    seen = torch.zeros((), device=dev)
     t0 = time.time()
     bar = None
     if cfg.progress and rank == 0:
@@ -196,7 +232,8 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, file=sys.stderr)
     for step in range(steps):
-        idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][rank * local_bs:(rank + 1) * local_bs]
+        start = step * global_bs + rank * local_bs
+        idx = perm[start:start + local_bs]
         x = to_input(images[idx])
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -209,43 +246,64 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             loss = lam * loss_fn(logits, ya) + (1 - lam) * loss_fn(logits, yb) if lam < 1 else loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step used (the scheduler moves it on just below)
         optimizer.step()
         if scheduler is not None and per_step_schedule:
             scheduler.step()
-        total_loss += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        total_loss += loss.detach().float() * len(y)
+        pred = logits.detach().argmax(1)
+        # a mixed image counts as lam right for y_a and (1 - lam) for y_b, as its loss does
+        correct += lam * (pred == ya).sum() + (1 - lam) * (pred == yb).sum()
         seen += len(y)
         if bar is not None:
             bar.update(1)
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+            if step % 10 == 0 or step == steps - 1:  # .item() syncs a GPU: not every step
+                bar.set_postfix(loss=f"{(total_loss / seen).item():.3f}", acc=f"{(correct / seen).item():.3f}")
     if bar is not None:
         bar.close()
-    return {"train_loss": total_loss.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"], "train_seconds": time.time() - t0}
+    if world > 1 and torch.distributed.is_initialized():
+        sums = torch.stack([total_loss, correct, seen])
+        torch.distributed.all_reduce(sums)
+        total_loss, correct, seen = sums.unbind()
+    seen_n = max(seen.item(), 1)
+    return {"train_loss": total_loss.item() / seen_n, "train_acc": correct.item() / seen_n,
+            "lr": lr, "train_seconds": time.time() - t0}
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, tta: str = "none", batch_size: int = 512,
                    amp: bool = True) -> torch.Tensor:
     """(N, 48, 48) uint8 -> (N, 7) float32 log-probabilities averaged over the TTA views."""
+    if tta not in ("none", "flip"):
+        raise ValueError(f"tta must be 'none' or 'flip', not {tta!r}")
+    plain, flip = _predict_views(model, images, tta == "flip", batch_size, amp)
+    return flip if flip is not None else plain
+
+
+def _predict_views(model: nn.Module, images: torch.Tensor, with_flip: bool, batch_size: int = 512,
+                   amp: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(plain, flip-TTA) (N, 7) log-probabilities from one pass: the flip view reuses the plain one."""
     model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_input(images[i:i + batch_size])
-        with _autocast(images.device, amp):
-            p = model(x).float().softmax(1)
-            if tta == "flip":
-                p = (p + model(x.flip(3)).float().softmax(1)) / 2
-        out.append(p.log())
-    return torch.cat(out) if out else torch.zeros(0, len(CLASSES))
+    plain, flip = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = to_input(images[i:i + batch_size])
+            with _autocast(images.device, amp):
+                lp = model(x).float().log_softmax(1)  # log-softmax in float32: no log(0) from bf16 underflow
+                if with_flip:
+                    lp_flip = model(x.flip(3)).float().log_softmax(1)
+                    flip.append(torch.logaddexp(lp, lp_flip) - math.log(2))  # log of the mean probability
+            plain.append(lp)
+    empty = torch.zeros(0, len(CLASSES), device=images.device)
+    return (torch.cat(plain) if plain else empty,
+            (torch.cat(flip) if flip else empty) if with_flip else None)
 
 
-def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module,
+def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module | None = None,
                    amp: bool = True) -> dict[str, float]:
-    """{val_loss, val_acc, val_acc_flip} on a held-out split (no augmentation)."""
-    plain = predict_logits(model, images, "none", amp=amp)
-    flip = predict_logits(model, images, "flip", amp=amp)
+    """{val_loss, val_acc, val_acc_flip} on a held-out split (no augmentation). ``val_loss`` is the plain
+    cross-entropy (``loss_fn`` is kept for the API; the training loss's smoothing must not leak in)."""
+    plain, flip = _predict_views(model, images, True, amp=amp)
     return {"val_loss": F.nll_loss(plain, labels).item(),
             "val_acc": (plain.argmax(1) == labels).float().mean().item(),
             "val_acc_flip": (flip.argmax(1) == labels).float().mean().item()}
@@ -268,24 +326,36 @@ def _build_optimizer(model: nn.Module, cfg: TrainConfig):
 def _build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
+        pct = cfg.warmup
+        if pct * total == 1:  # OneCycleLR divides by zero when the warm-up is exactly one step (e.g. 0.2 of 5)
+            pct = 2 / total if total > 2 else 0.0
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
-                                                   pct_start=cfg.warmup, div_factor=25, final_div_factor=1e3)
+                                                   pct_start=pct, div_factor=25, final_div_factor=1e3)
     if cfg.schedule == "cosine":
         warm = max(int(total * cfg.warmup), 1)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
+
+        def warmup_cosine(s: int) -> float:
+            return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
     return None
 
 
-def _write_logs(out: Path, history: list[dict[str, Any]]) -> None:
+#: seconds between learning-curve redraws (plotting costs ~0.5 s: every epoch of a tiny run would double it)
+PLOT_EVERY_S = 30.0
+
+
+def _write_logs(out: Path, history: list[dict[str, Any]], plot: bool = True) -> None:
     from .reports import plot_learning_curves
 
     keys = list(history[0].keys())
     lines = [",".join(keys)] + [",".join(f"{h.get(k, '')}" for k in keys) for h in history]
     atomic_write_bytes(out / "metrics.csv", ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(out / "metrics.json", json.dumps(history, indent=1).encode())
+    if not plot:
+        return
     try:
         plot_learning_curves(history, out / "curves.png")
     except Exception as e:  # a plotting problem must not stop a training run
@@ -298,58 +368,100 @@ def _dist_env() -> tuple[int, int]:
     return rank, world
 
 
+def _resume_state(cfg: TrainConfig, resume: str | Path) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """The saved run's config (``epochs`` and ``progress`` may be changed) and its last.pt contents."""
+    from .checkpoint import CheckpointError
+    from .config import build_config
+
+    rpath = Path(resume)
+    rpath = rpath / "last.pt" if rpath.is_dir() else rpath
+    state = read_checkpoint(rpath)
+    if "optimizer" not in state or "epoch" not in state:
+        raise CheckpointError(f"{rpath}: holds no optimizer state to resume from; give the run's last.pt")
+    saved = build_config(TrainConfig, state["config"])
+    # only an explicit --epochs (one that differs from the default) changes the saved run's length
+    if cfg.epochs != TrainConfig.epochs and cfg.epochs != saved.epochs:
+        if saved.schedule == "onecycle":
+            raise ConfigError(f"epochs: the run's one-cycle schedule was laid out for {saved.epochs} epochs and "
+                              "cannot be stretched; resume without --epochs or start a new run")
+        saved.epochs = cfg.epochs
+    saved.progress = cfg.progress
+    saved.out = str(rpath.parent)
+    return saved, state, rpath
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path:
     """Train per ``cfg``; returns the run folder (``best.pt``, ``last.pt``, ``config.yaml``,
-    ``metrics.csv``/``.json``, ``curves.png``). ``resume``: a ``last.pt`` (or its folder) to continue."""
-    from .config import build_config, save_config
-    from .data import load_dataset
-    from .models import count_parameters, create_model
+    ``metrics.csv``/``.json``, ``curves.png``). ``resume``: a ``last.pt`` (or its folder) to continue;
+    the continued run draws the same random numbers as an uninterrupted one (see :func:`epoch_seed`).
 
+    Under ``torchrun`` (WORLD_SIZE > 1) every process trains on its shard of each batch; rank 0 alone
+    evaluates, writes files and logs, and broadcasts the selection metric so that the plateau schedule
+    and early stopping act on every rank alike.
+    """
     start_epoch, history, best, state = 0, [], {"val_acc_sel": -1.0, "epoch": -1}, None
     if resume:
-        rpath = Path(resume)
-        rpath = rpath / "last.pt" if rpath.is_dir() else rpath
-        state = read_checkpoint(rpath)
-        saved = build_config(TrainConfig, state["config"])
-        saved.epochs = cfg.epochs if cfg.epochs != TrainConfig.epochs else saved.epochs
-        saved.progress = cfg.progress
-        cfg = saved
-        cfg.out = str(rpath.parent)
+        cfg, state, _ = _resume_state(cfg, resume)
         start_epoch = state["epoch"] + 1
-        history = state["history"]
+        history = list(state["history"])
         best = state.get("best", best)
 
     rank, world = _dist_env()
     if world > 1:
         import torch.distributed as dist
 
-        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" else torch.device("cpu")
+        use_nccl = torch.cuda.is_available() and cfg.device != "cpu"
+        if use_nccl:
+            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_nccl else "gloo")
     else:
         device = select_device(cfg.device)
+    try:
+        return _train(cfg, state, start_epoch, history, best, device, rank, world, log)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, history: list[dict[str, Any]],
+           best: dict[str, Any], device: torch.device, rank: int, world: int, log) -> Path:
+    from .config import save_config
+    from .data import DataError, default_data_path, load_dataset
+    from .models import count_parameters, create_model
+
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed + rank)
-
     if not cfg.data:
-        from .data import default_data_path
-
         cfg.data = str(default_data_path())
     ds = load_dataset(cfg.data, progress=cfg.progress and rank == 0)
     tr, va = ds.split("train"), ds.split("public")
     if len(tr) == 0:
-        raise ValueError(f"{cfg.data}: no training images (split 'train')")
+        raise DataError(f"{cfg.data}: no training images (split 'train')")
     if len(va) == 0:
-        log("note: no PublicTest/validation split found; holding out 10% of the training images for selection")
+        if rank == 0:
+            log("note: no PublicTest/validation split found; holding out 10% of the training images for selection")
+        if len(tr) < 2:
+            raise DataError(f"{cfg.data}: too few images to hold out a validation split")
         rng = np.random.default_rng(cfg.seed)
         mask = rng.random(len(tr)) < 0.1
+        if not mask.any():
+            mask[rng.integers(len(tr))] = True
         tr, va = tr.subset(~mask), tr.subset(mask)
     if cfg.train_fraction < 1:
         rng = np.random.default_rng(cfg.seed)
         tr = tr.subset(rng.random(len(tr)) < cfg.train_fraction)
+        if len(tr) == 0:
+            raise DataError(f"train_fraction {cfg.train_fraction} leaves no training images; raise it")
 
     out = Path(cfg.out) if cfg.out else Path("runs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if world > 1:  # the ranks' clocks may straddle a second: rank 0 names the folder
+        box = [str(out)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        out = Path(box[0])
     cfg.out = str(out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -360,27 +472,24 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     x_va = torch.from_numpy(va.images).to(device)
     y_va = torch.from_numpy(va.labels).to(device)
 
+    seed_everything(cfg.seed)  # the same initial weights on every rank and in every run with this seed
     model = create_model(cfg.model, **cfg.model_kwargs).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _build_optimizer(model, cfg)
-    steps = max(len(y_tr) // cfg.batch_size, 1)
-    scheduler = _build_scheduler(optimizer, cfg, steps)
+    scheduler = _build_scheduler(optimizer, cfg, steps_per_epoch(len(y_tr), cfg.batch_size))
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + start_epoch + rank)
-    if state is not None and state.get("rng") is not None and device.type == "cpu":
-        gen.set_state(state["rng"])
+    gen = torch.Generator(device=device)
 
     weights = None
     if cfg.class_weights:
         counts = torch.bincount(y_tr, minlength=len(CLASSES)).float().clamp(min=1)
         weights = (counts.sum() / (len(CLASSES) * counts)).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    eval_loss = nn.CrossEntropyLoss()
 
     net: nn.Module = model
     if world > 1:
@@ -394,44 +503,59 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
         log(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M params) on {device} x{world}: "
             f"{len(y_tr)} train / {len(y_va)} val images, {cfg.epochs} epochs -> {out}")
     per_step = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    last_plot = time.time()
     bad_epochs = 0 if not history else history[-1].get("bad_epochs", 0)
+    if cfg.patience and bad_epochs >= cfg.patience:
+        start_epoch = cfg.epochs  # the run had stopped early: resuming it must not train on
+        if rank == 0:
+            log(f"the run stopped early at epoch {len(history)}; nothing to resume")
     for epoch in range(start_epoch, cfg.epochs):
+        # every stream re-seeded from (seed, epoch, rank): a resumed run repeats the uninterrupted one
+        gen.manual_seed(epoch_seed(cfg.seed, epoch, rank, 1))
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank, 2))  # dropout masks
         stats = train_one_epoch(net, x_tr, y_tr, optimizer, scheduler, loss_fn, cfg, gen, epoch, rank, world, per_step)
-        if rank != 0:
-            if world > 1:
-                torch.distributed.barrier()
-            continue
-        t0 = time.time()
-        stats.update(evaluate_split(model, x_va, y_va, eval_loss, cfg.amp))
-        stats["eval_seconds"] = time.time() - t0
-        sel = stats["val_acc_flip"] if cfg.eval_tta == "flip" else stats["val_acc"]
-        if scheduler is not None and not per_step:
-            scheduler.step(sel)
-        improved = sel > best["val_acc_sel"]
-        bad_epochs = 0 if improved else bad_epochs + 1
-        row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in stats.items()}, "bad_epochs": bad_epochs}
-        history.append(row)
-        metrics = {"public_acc": stats["val_acc"], "public_acc_flip": stats["val_acc_flip"], "epoch": epoch + 1,
-                   "val_images": len(y_va), "train_images": len(y_tr), "device": str(device), "world_size": world}
-        if improved:
-            best = {"val_acc_sel": sel, "epoch": epoch + 1, **metrics}
-            save_checkpoint(make_checkpoint(model, config=to_dict(cfg), metrics=metrics, history=history),
-                            out / "best.pt")
-        save_checkpoint(make_checkpoint(
-            model, config=to_dict(cfg), metrics=metrics, history=history, epoch=epoch, best=best,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
-            rng=gen.get_state() if device.type == "cpu" else None), out / "last.pt")
-        _write_logs(out, history)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  train {stats['train_acc']:.4f}  "
-            f"val {stats['val_acc']:.4f}  val+flip {stats['val_acc_flip']:.4f}  lr {stats['lr']:.4g}  "
-            f"{stats['train_seconds']:.0f}s{'  *best*' if improved else ''}")
+        decision = torch.zeros(2, dtype=torch.float64, device=device)  # (selection metric, stop)
+        if rank == 0:
+            t0 = time.time()
+            stats.update(evaluate_split(model, x_va, y_va, amp=cfg.amp))
+            stats["eval_seconds"] = time.time() - t0
+            sel = stats["val_acc_flip"] if cfg.eval_tta == "flip" else stats["val_acc"]
+            if scheduler is not None and not per_step:
+                scheduler.step(sel)
+            improved = sel > best["val_acc_sel"]
+            bad_epochs = 0 if improved else bad_epochs + 1
+            # 5 decimals; the LR to 6 significant digits (one-cycle ends near 1e-6, which 5 decimals would zero)
+            row = {"epoch": epoch + 1, **{k: float(f"{v:.6g}") if k == "lr" else round(v, 5) for k, v in stats.items()},
+                   "bad_epochs": bad_epochs}
+            history.append(row)
+            metrics = {"public_acc": stats["val_acc"], "public_acc_flip": stats["val_acc_flip"], "epoch": epoch + 1,
+                       "val_images": len(y_va), "train_images": len(y_tr), "device": str(device),
+                       "world_size": world}
+            stop = bool(cfg.patience) and bad_epochs >= cfg.patience
+            if improved:
+                best = {"val_acc_sel": sel, "epoch": epoch + 1, **metrics}
+                save_checkpoint(make_checkpoint(model, config=to_dict(cfg), metrics=metrics, history=history),
+                                out / "best.pt")
+            save_checkpoint(make_checkpoint(
+                model, config=to_dict(cfg), metrics=metrics, history=history, epoch=epoch, best=best,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None),
+                out / "last.pt")
+            plot = stop or epoch == cfg.epochs - 1 or time.time() - last_plot >= PLOT_EVERY_S
+            _write_logs(out, history, plot=plot)
+            last_plot = time.time() if plot else last_plot
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  train {stats['train_acc']:.4f}  "
+                f"val {stats['val_acc']:.4f}  val+flip {stats['val_acc_flip']:.4f}  lr {stats['lr']:.4g}  "
+                f"{stats['train_seconds']:.0f}s{'  *best*' if improved else ''}")
+            decision[0] = sel
+            decision[1] = float(stop)
         if world > 1:
-            torch.distributed.barrier()
-        if cfg.patience and bad_epochs >= cfg.patience:
-            log(f"early stopping: no gain on the validation split for {cfg.patience} epochs")
+            torch.distributed.broadcast(decision, src=0)  # also the barrier: ranks wait for rank 0's eval
+            if rank != 0 and scheduler is not None and not per_step:
+                scheduler.step(decision[0].item())
+        if decision[1].item():
+            if rank == 0:
+                log(f"early stopping: no gain on the validation split for {cfg.patience} epochs")
             break
-    if world > 1:
-        torch.distributed.destroy_process_group()
     if rank == 0:
         log(f"best val accuracy {best.get('public_acc', float('nan')):.4f} "
             f"(flip TTA {best.get('public_acc_flip', float('nan')):.4f}) at epoch {best['epoch']}: {out / 'best.pt'}")
@@ -439,4 +563,4 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
 
 
 __all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "predict_logits", "select_device",
-           "load_model", "to_input", "augment_batch"]
+           "load_model", "to_input", "augment_batch", "mix_batch", "epoch_seed", "steps_per_epoch"]
