@@ -423,7 +423,7 @@ def sequence_metrics(pred: np.ndarray, labels: np.ndarray, hold: int = 3) -> dic
     for s in range(labels.shape[0]):
         row, p = labels[s], pred[s]
         starts = list(np.flatnonzero(row[1:] != row[:-1]) + 1)
-        ends = starts[1:] + [len(row)]
+        ends = starts[1:] + [len(row)] if starts else []
         for t0, t1 in zip(starts, ends, strict=True):
             ok = p[t0:t1] == row[t0]
             need = min(hold, t1 - t0)
@@ -749,7 +749,7 @@ def train_sequence(cfg: SequenceConfig) -> Path:
     import torch
     import torch.nn.functional as F
 
-    from .checkpoint import atomic_write_bytes, file_sha256, load_model, make_checkpoint, save_checkpoint
+    from .checkpoint import atomic_write_bytes, load_model
     from .config import save_config, to_dict
     from .data import default_data_path, load_dataset
     from .models import create_model
@@ -906,8 +906,7 @@ def train_sequence(cfg: SequenceConfig) -> Path:
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    # the shipped head is stored in half precision; round the live weights the same way so the .pt and
-    # the .onnx give the same numbers
+    # the shipped head is stored in half precision: measure what is shipped
     with torch.no_grad():
         for name, p in model.named_parameters():
             if cfg.finetune or not name.startswith("encoder."):
@@ -943,16 +942,8 @@ def train_sequence(cfg: SequenceConfig) -> Path:
         metrics["public_sequences"] = {r["method"]: {k: r[k] for k in ("accuracy", "flips_per_100",
                                                                         "delay_frames", "missed")}
                                        for r in by.values()}
-    ref = {"name": img_ckpt["model"]["name"], "kwargs": dict(img_ckpt["model"]["kwargs"]), "file": img_path.name,
-           "sha256": file_sha256(img_path), "public_acc": img_ckpt.get("metrics", {}).get("public_acc"),
-           "probe": encoder_probe(model.encoder).tolist(), "included": bool(cfg.finetune)}
-    ckpt = make_checkpoint(model, config=to_dict(cfg), metrics=metrics, history=history, half=True,
-                           encoder=ref, sequence={"window": cfg.seq_len, "embed_dim": model.frame_dim},
-                           format_kind=TEMPORAL_FORMAT)
-    if not cfg.finetune:
-        ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("encoder.")}
-    save_checkpoint(ckpt, out / "temporal.pt")
-    export_temporal_onnx(model, out / "temporal.onnx", ref, metrics, cfg.seq_len)
+    save_temporal_model(model, img_path, out / "temporal.pt", config=to_dict(cfg), metrics=metrics, history=history,
+                        include_encoder=cfg.finetune)
     keys = list(history[0].keys())
     csv = [",".join(keys)] + [",".join(str(h.get(k, "")) for k in keys) for h in history]
     atomic_write_bytes(out / "metrics.csv", ("\n".join(csv) + "\n").encode())
@@ -961,6 +952,39 @@ def train_sequence(cfg: SequenceConfig) -> Path:
         f"{out / 'temporal.onnx'} ({(out / 'temporal.onnx').stat().st_size / 1e3:.0f} kB); "
         f"{time.time() - t_start:.0f} s in all")
     return out
+
+
+def save_temporal_model(model, image_path: str | Path, path: str | Path, *, config: dict | None = None,
+                        metrics: dict | None = None, history: list | None = None,
+                        include_encoder: bool = False) -> tuple[Path, Path]:
+    """Write ``path`` (.pt: the head in half precision + a reference to the image checkpoint) and its
+    ``.onnx`` twin (the head alone, (B, T, D) embeddings -> (B, T, 7) logits). ``model.encoder`` must hold
+    ``image_path``'s weights; ``include_encoder`` stores them too (a fine-tuned encoder)."""
+    import torch
+
+    from .checkpoint import file_sha256, make_checkpoint, read_checkpoint, save_checkpoint
+
+    path = Path(path)
+    image_path = Path(image_path)
+    img_ckpt = read_checkpoint(image_path)
+    model.eval()
+    # the .pt stores half precision; round the live head the same way so the .pt and the .onnx agree
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if include_encoder or not name.startswith("encoder."):
+                p.copy_(p.half().float())
+    ref = {"name": img_ckpt["model"]["name"], "kwargs": dict(img_ckpt["model"]["kwargs"]), "file": image_path.name,
+           "sha256": file_sha256(image_path), "public_acc": img_ckpt.get("metrics", {}).get("public_acc"),
+           "probe": encoder_probe(model.encoder).tolist(), "included": bool(include_encoder)}
+    window = int(model.num_frames)
+    metrics = metrics or {}
+    ckpt = make_checkpoint(model, config=config, metrics=metrics, history=history, half=True, encoder=ref,
+                           sequence={"window": window, "embed_dim": model.frame_dim}, format_kind=TEMPORAL_FORMAT)
+    if not include_encoder:
+        ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("encoder.")}
+    save_checkpoint(ckpt, path)
+    onnx_path = export_temporal_onnx(model, path.with_suffix(".onnx"), ref, metrics, window)
+    return path, onnx_path
 
 
 def encoder_probe(encoder) -> np.ndarray:
@@ -972,6 +996,7 @@ def export_temporal_onnx(model, path: str | Path, encoder_ref: dict, metrics: di
     """The head alone as ONNX: ``embeddings`` (B, T, D) -> ``logits`` (B, T, 7), B and T dynamic, with
     the emolens metadata (classes, window, the encoder it belongs to); checked against torch."""
     import io
+    import warnings
 
     import onnx
     import onnxruntime as ort
@@ -990,9 +1015,13 @@ def export_temporal_onnx(model, path: str | Path, encoder_ref: dict, metrics: di
     head = Head(model).eval().cpu()
     x = torch.randn(2, window, model.frame_dim)
     buf = io.BytesIO()
-    torch.onnx.export(head, (x,), buf, input_names=["embeddings"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"embeddings": {0: "batch", 1: "frames"}, "logits": {0: "batch", 1: "frames"}},
-                      dynamo=False)
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated but exports this LSTM in a second with exact dynamic shapes;
+        # its tracer warnings are about Python-side shape checks that do not apply here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(head, (x,), buf, input_names=["embeddings"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"embeddings": {0: "batch", 1: "frames"}, "logits": {0: "batch", 1: "frames"}},
+                          dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
     meta = {"emolens.format": TEMPORAL_FORMAT, "emolens.classes": list(CLASSES),
             "emolens.model": {"name": model.model_name, "kwargs": model.model_kwargs},
@@ -1052,4 +1081,5 @@ __all__ = ["Jitter", "jitter_run", "build_run_bank", "assemble_sequences", "RunB
            "TorchFrameEncoder", "OnnxFrameEncoder", "TemporalHead", "OnnxTemporalHead", "TorchTemporalHead",
            "ema_probs", "sequence_metrics", "measure", "format_table", "benchmark_temporal", "load_pair",
            "SequenceConfig", "train_sequence", "train_sequence_cli", "load_sequence_folder", "is_sequence_folder",
-           "load_temporal_model", "export_temporal_onnx", "probe_faces", "default_temporal_path"]
+           "load_temporal_model", "save_temporal_model", "export_temporal_onnx", "probe_faces",
+           "default_temporal_path"]

@@ -66,6 +66,7 @@ class Track:
     misses: int = 0  # detection rounds in a row without a match
     age: int = 0  # frames since it started
     detected: bool = True  # matched on the current frame's detection round
+    confirmed: bool = True  # seen on min_hits detection rounds in a row (tentative tracks are not shown)
     last_center: np.ndarray = field(default_factory=lambda: np.zeros(2))
     frames_since_update: int = 0
 
@@ -81,6 +82,9 @@ class Tracker:
     did not run (the tracks then move with their velocity). A detection joins the track whose predicted
     box it overlaps most (IoU) or, failing overlap, whose centre is nearest within ``max_distance`` box
     sizes; pairs are taken best first. A track unmatched for more than ``max_misses`` detection rounds ends.
+    A new track is tentative until matched on ``min_hits`` rounds in a row, and a tentative track that misses
+    a round ends: a detector's one-off false positive never shows (faces found on the first round are
+    shown at once).
 
     >>> t = Tracker(); [tr.id for tr in t.step([(10, 10, 50, 50)])]
     [1]
@@ -98,6 +102,7 @@ class Tracker:
         self.next_id = 1
         self.ended: list[int] = []  # ids of tracks ended on the last step
         self.last_ids: list[int | None] = []  # the track id of each detection of the last update
+        self.rounds = 0  # detection rounds so far
 
     def predict(self) -> None:
         """Advance every track one frame along its velocity."""
@@ -138,11 +143,14 @@ class Tracker:
                 t.misses += 1
                 t.detected = False
                 t.velocity *= 0.8  # an unseen face is more likely to stop than to keep going
-        self.ended = [t.id for t in self.tracks if t.misses > self.max_misses]
-        self.tracks = [t for t in self.tracks if t.misses <= self.max_misses]
+        gone = [t for t in self.tracks if t.misses > self.max_misses or (t.misses and not t.confirmed)]
+        self.ended = [t.id for t in gone]
+        self.tracks = [t for t in self.tracks if t not in gone]
+        self.rounds += 1
         for j, b in enumerate(boxes):
             if j not in used_b and valid[j]:
-                self.tracks.append(Track(self.next_id, b.copy(), last_center=b[:2] + b[2:] / 2))
+                self.tracks.append(Track(self.next_id, b.copy(), last_center=b[:2] + b[2:] / 2,
+                                         confirmed=self.min_hits <= 1 or self.rounds == 1))
                 ids[j] = self.next_id
                 self.next_id += 1
         self.last_ids = ids
@@ -160,6 +168,7 @@ class Tracker:
         t.hits += 1
         t.misses = 0
         t.detected = True
+        t.confirmed = t.confirmed or t.hits >= self.min_hits
 
     def step(self, boxes: Sequence[Sequence[float]] | np.ndarray | None) -> list[Track]:
         """One frame: predict, match ``boxes`` if the detector ran, return the visible tracks (matched on
@@ -174,7 +183,7 @@ class Tracker:
         return self.visible()
 
     def visible(self) -> list[Track]:
-        return [t for t in self.tracks if t.misses == 0 and t.hits >= self.min_hits]
+        return [t for t in self.tracks if t.misses == 0 and t.confirmed]
 
 
 class StreamTracker:
@@ -356,62 +365,85 @@ class VideoProcessor:
 
     def __init__(self, recognizer=None, *, model: str | None = None, runtime: str = "auto", detector: str = "auto",
                  smooth: str = "auto", temporal_model: str | None = None, ema: float = 0.3, detect_every: int = 3,
-                 detect_width: int = 320, max_misses: int = 5, max_faces: int = 20,
+                 detect_width: int = 320, max_misses: int = 5, min_hits: int = 2, max_faces: int = 20,
                  warn: Callable[[str], None] | None = None):
         if detect_every < 1:
             raise ValueError("detect_every must be at least 1")
         self.recognizer = recognizer if recognizer is not None else _recognizer(model, runtime, detector)
         self.encoder = frame_encoder_for(self.recognizer)
         self.smoother = make_smoother(smooth, self.encoder, temporal_model, ema, warn)
-        self.tracker = Tracker(max_misses=max_misses)
+        self.tracker = Tracker(max_misses=max_misses, min_hits=min_hits)
         self.detect_every = detect_every
         self.detect_width = detect_width
         self.max_faces = max_faces
         self.frame_index = 0
+        self.angles: dict[int, float] = {}  # per track: the last eye angle seen, for aligned crops
 
-    def detect(self, frame: np.ndarray) -> np.ndarray:
-        """(N, 4) face boxes in ``frame``'s pixels, found on a downscaled copy."""
+    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) face boxes in ``frame``'s pixels, found on a downscaled copy, largest first, and (N,) eye
+        angles in degrees (NaN where the detector found no eyes)."""
         import cv2
+
+        from .faces import eye_angle
 
         h, w = frame.shape[:2]
         scale = min(1.0, self.detect_width / w) if self.detect_width else 1.0
         small = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) \
             if scale < 1.0 else frame
-        boxes = np.asarray([tuple(b) for b in self.recognizer.detect(small)], np.float64).reshape(-1, 4)
-        boxes = boxes[np.argsort(-boxes[:, 2] * boxes[:, 3])][:self.max_faces]
-        return boxes / scale
+        dets = sorted(self.recognizer.detector.detect_faces(small), key=lambda d: -d.box[2] * d.box[3])
+        dets = dets[:self.max_faces]
+        boxes = np.asarray([d.box for d in dets], np.float64).reshape(-1, 4) / scale
+        angles = np.array([eye_angle(d.landmarks) if d.landmarks else np.nan for d in dets], np.float64)
+        return boxes, angles
 
-    def classify(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def classify(self, frame: np.ndarray, boxes: np.ndarray, angles: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, 7) probabilities and (N, D) embeddings (or None) of the faces in ``boxes``."""
         from .runtime import softmax
 
-        crops = self.crops(frame, boxes)
+        crops = self.crops(frame, boxes, angles)
         if self.encoder is not None:
             logits, emb = self.encoder.encode(crops)
             return softmax(logits), emb
-        return self.recognizer.predict_faces(crops), None
+        return self.recognizer.predict_faces(crops, tta="none"), None
 
-    def crops(self, frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """(N, 48, 48) uint8 face crops, cut as the photo path cuts them."""
-        crop = getattr(self.recognizer, "crop_faces", None)
-        if callable(crop):
-            return np.asarray(crop(frame, [tuple(int(round(v)) for v in b) for b in boxes]), np.uint8)
-        return crop_faces(frame, boxes)
+    def crops(self, frame: np.ndarray, boxes: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
+        """(N, 48, 48) uint8 face crops, cut as the photo path cuts them (square, margin, eyes level)."""
+        from .faces import square_crop
+
+        margin = getattr(self.recognizer, "margin", 0.2)
+        align = getattr(self.recognizer, "align", True)
+        out = []
+        for i, b in enumerate(boxes):
+            a = float(angles[i]) if align and angles is not None else 0.0
+            out.append(preprocess(square_crop(frame, tuple(int(round(v)) for v in b), margin, a), "bgr"))
+        return np.stack(out) if out else np.zeros((0, 48, 48), np.uint8)
 
     def process(self, frame: np.ndarray) -> list[TrackedFace]:
         """Track and label the faces of the next frame (BGR)."""
         h, w = frame.shape[:2]
-        run = self.frame_index % self.detect_every == 0
-        tracks = self.tracker.step(self.detect(frame) if run else None)
+        if frame.ndim == 2:
+            import cv2
+
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        if self.frame_index % self.detect_every == 0:
+            boxes, angles = self.detect(frame)
+            tracks = self.tracker.step(boxes)
+            for tid, a in zip(self.tracker.last_ids, angles, strict=True):
+                if tid is not None and np.isfinite(a):  # eyes not found: keep the track's last angle
+                    self.angles[tid] = a
+        else:
+            tracks = self.tracker.step(None)
         for tid in self.tracker.ended:
             self.smoother.drop(tid)
+            self.angles.pop(tid, None)
         # a face carried out of the picture by its velocity is gone, not a crop of the border
-        tracks = [t for t in tracks if _clip_box(t.box, w, h)[2] >= 4 and _clip_box(t.box, w, h)[3] >= 4]
+        tracks = [t for t in tracks if min(_clip_box(t.box, w, h)[2:]) >= 4]
         self.frame_index += 1
         if not tracks:
             return []
         boxes = np.stack([_clip_box(t.box, w, h) for t in tracks])
-        probs, emb = self.classify(frame, boxes)
+        probs, emb = self.classify(frame, boxes, np.array([self.angles.get(t.id, 0.0) for t in tracks]))
         out = []
         for i, t in enumerate(tracks):
             p = np.asarray(self.smoother.update(t.id, probs[i], None if emb is None else emb[i]), np.float64)
@@ -427,14 +459,11 @@ def _clip_box(box: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.array([x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)])
 
 
-def crop_faces(frame: np.ndarray, boxes: Iterable[Sequence[float]]) -> np.ndarray:
-    """(N, 48, 48) uint8: each (x, y, w, h) box cut from ``frame`` and preprocessed."""
-    h, w = frame.shape[:2]
-    out = []
-    for b in boxes:
-        x, y, bw, bh = (int(round(v)) for v in b)
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)
-        out.append(preprocess(frame[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)], "bgr"))
+def crop_faces(frame: np.ndarray, boxes: Iterable[Sequence[float]], margin: float = 0.2) -> np.ndarray:
+    """(N, 48, 48) uint8: the square crop around each (x, y, w, h) box, preprocessed (as photos are)."""
+    from .faces import square_crop
+
+    out = [preprocess(square_crop(frame, tuple(int(round(v)) for v in b), margin), "bgr") for b in boxes]
     return np.stack(out) if out else np.zeros((0, 48, 48), np.uint8)
 
 
@@ -442,43 +471,24 @@ def crop_faces(frame: np.ndarray, boxes: Iterable[Sequence[float]]) -> np.ndarra
 # drawing
 
 
-#: BGR colour per class, the same in the overlay and the timeline plot.
-COLORS_BGR: dict[str, tuple[int, int, int]] = {
-    "angry": (40, 40, 220), "disgust": (40, 140, 60), "fear": (160, 60, 160), "happy": (40, 200, 240),
-    "neutral": (170, 170, 170), "sad": (200, 120, 40), "surprise": (40, 140, 250)}
-
-
 def draw_tracks(frame: np.ndarray, faces: list[TrackedFace], bars: bool = True) -> np.ndarray:
-    """Boxes, ``#id emotion NN%`` and a bar per class next to each face, drawn on ``frame`` in place."""
+    """The photo overlay (:func:`emolens.predict.draw_faces`: box, emotion, bars) plus each track's id
+    under its box, drawn on ``frame`` in place."""
     import cv2
 
+    from .predict import COLORS, Face, draw_faces
+
+    draw_faces(frame, [Face(f.box, f.emotion, f.confidence, f.probabilities) for f in faces], CLASSES, bars)
     h, w = frame.shape[:2]
-    th = max(1, round(min(h, w) / 320))
-    font = 0.4 * th + 0.1
+    unit = max(1.0, min(h, w) / 480)
     for f in faces:
         x, y, bw, bh = f.box
-        color = COLORS_BGR[f.emotion]
-        cv2.rectangle(frame, (x, y), (x + bw, y + bh), color, 2 * th if f.detected else th)
-        label = f"#{f.track_id} {f.emotion} {f.confidence:.0%}"
-        (tw, tht), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, th)
-        ty = y - 4 if y - tht - base - 4 >= 0 else y + bh + tht + 4
-        cv2.rectangle(frame, (x, ty - tht - base), (x + tw + 4, ty + base - 2), color, -1)
-        cv2.putText(frame, label, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), th, cv2.LINE_AA)
-        if not bars:
-            continue
-        row = max(int(11 * th), 8)
-        bar_w = max(int(60 * th), 40)
-        bx = x + bw + 6 if x + bw + 6 + bar_w + 30 * th < w else max(x - bar_w - 36 * th, 0)
-        for i, c in enumerate(CLASSES):
-            yy = y + i * row
-            if yy + row > h:
-                break
-            cv2.putText(frame, c[:3], (bx, yy + row - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.3 * th + 0.05,
-                        (255, 255, 255), th, cv2.LINE_AA)
-            x0 = bx + 26 * th
-            cv2.rectangle(frame, (x0, yy + 2), (x0 + bar_w, yy + row - 2), (60, 60, 60), -1)
-            cv2.rectangle(frame, (x0, yy + 2), (x0 + int(bar_w * f.probabilities[c]), yy + row - 2),
-                          COLORS_BGR[c], -1)
+        label = f"#{f.track_id}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * unit, max(1, round(unit)))
+        ty = min(y + bh + th + 6, h - base)
+        cv2.rectangle(frame, (x, ty - th - 4), (x + tw + 6, ty + base), COLORS.get(f.emotion, (0, 255, 0)), -1)
+        cv2.putText(frame, label, (x + 3, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * unit, (0, 0, 0),
+                    max(1, round(unit)), cv2.LINE_AA)
     return frame
 
 
@@ -538,30 +548,41 @@ def read_frames(source: str | Path, max_frames: int = 0) -> list[np.ndarray]:
     return frames
 
 
-def clip_face_crops(frames: list[np.ndarray], recognizer=None, detect_width: int = 320) -> np.ndarray:
-    """(n, 48, 48) uint8 crops of the main face of a clip (the longest track), one per frame.
+def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int = 320,
+                    margin: float = 0.2) -> np.ndarray:
+    """(n, 48, 48) uint8 crops of the main face of a clip (its longest track), one per frame, cut as photos
+    are (square, ``margin``, eyes level where found).
 
-    Frames where it was not found take the nearest frame's box; a clip where no face is found at all is
-    taken to be face crops already, and used whole."""
-    proc = VideoProcessor(recognizer, smooth="none", detect_every=1, detect_width=detect_width) \
-        if recognizer is None or not isinstance(recognizer, VideoProcessor) else recognizer
-    per_frame: list[dict[int, tuple]] = []
+    Frames where that face was not found take the nearest frame's box; a clip where no face is found at
+    all is taken to be face crops already, and used whole. ``detector``: a FaceDetector or a name."""
+    import cv2
+
+    from .faces import create_detector, eye_angle, square_crop
+
+    det = create_detector(detector or "auto")
+    tracker = Tracker(max_misses=len(frames))
+    per_frame: list[dict[int, tuple[np.ndarray, float]]] = []
     for f in frames:
         h, w = f.shape[:2]
-        proc.tracker.step(proc.detect(f))
-        per_frame.append({t.id: tuple(_clip_box(t.box, w, h)) for t in proc.tracker.tracks if t.detected})
+        scale = min(1.0, detect_width / w) if detect_width else 1.0
+        small = cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else f
+        found = det.detect_faces(small)
+        tracker.step(np.asarray([d.box for d in found], np.float64).reshape(-1, 4) / scale)
+        per_frame.append({tid: (_clip_box(t.box, w, h), eye_angle(d.landmarks))
+                          for tid, d in zip(tracker.last_ids, found, strict=True) if tid is not None
+                          for t in tracker.tracks if t.id == tid})
     counts: dict[int, int] = {}
     for d in per_frame:
         for k in d:
             counts[k] = counts.get(k, 0) + 1
     if not counts:
         return np.stack([preprocess(f, "bgr") for f in frames])
-    main = max(counts, key=counts.get)
+    main = max(counts, key=lambda k: counts[k])
     have = [i for i, d in enumerate(per_frame) if main in d]
     out = []
     for i, f in enumerate(frames):
-        j = min(have, key=lambda k: abs(k - i))
-        out.append(crop_faces(f, [per_frame[j][main]])[0])
+        box, angle = per_frame[min(have, key=lambda k: abs(k - i))][main]
+        out.append(preprocess(square_crop(f, tuple(int(round(v)) for v in box), margin, angle), "bgr"))
     return np.stack(out)
 
 
@@ -621,7 +642,9 @@ def plot_timeline(rows: list[dict[str, Any]], path: str | Path, title: str = "",
     for r in rows:
         by_track.setdefault(int(r["track_id"]), []).append(r)
     tracks = sorted(by_track, key=lambda k: -len(by_track[k]))[:max_tracks]
-    colors = {c: tuple(v / 255 for v in COLORS_BGR[c][::-1]) for c in CLASSES}
+    from .predict import COLORS
+
+    colors = {c: tuple(v / 255 for v in COLORS[c][::-1]) for c in CLASSES}
     n = max(len(tracks), 1)
     fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 + 1.6 * n), squeeze=False, sharex=True)
     if not tracks:
