@@ -201,10 +201,14 @@ def models(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def onnx_model(models, tmp_path_factory) -> Path:
-    export = pytest.importorskip("emolens.export", reason="emolens.export has not landed yet")
-    path = tmp_path_factory.mktemp("onnx") / "a.onnx"
-    export.export_onnx(models[0], path)
-    return path
+    """a.onnx exported from a copy of models[0] beside it (its .pt twin), as `emolens export` leaves them."""
+    import shutil
+
+    export = pytest.importorskip("emolens.export")
+    folder = tmp_path_factory.mktemp("onnx")
+    shutil.copy(models[0], folder / "a.pt")
+    export.export_onnx(folder / "a.pt", folder / "a.onnx")
+    return folder / "a.onnx"
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -251,12 +255,16 @@ def test_evaluate_without_saving_writes_nothing(fer_folder, models, tmp_path, mo
 
 
 def test_default_out_folder_is_never_reused(fer_folder, models, tmp_path, monkeypatch):
+    from emolens.evaluate import _prepare_out
+
     monkeypatch.chdir(tmp_path)
-    first = evaluate(fer_folder, "public", models[0], tta="none")
-    second = evaluate(fer_folder, "public", models[0], tta="none")
-    assert first["out"] != second["out"]
-    for run in (first["out"], second["out"]):
-        assert Path(run).parent == Path("runs/evaluate") and (Path(run) / "report.html").is_file()
+    first = Path(evaluate(fer_folder, "public", models[0], tta="none")["out"])
+    assert first.parent == Path("runs/evaluate") and (first / "report.html").is_file()
+    taken = _prepare_out(None)
+    taken.mkdir(parents=True)
+    (taken / "metrics.json").write_text("{}")
+    nxt = _prepare_out(None)  # same second -> "<time>-2", later -> a new time; never a folder with files
+    assert nxt not in (first, taken) and not nxt.exists()
 
 
 def test_cli_end_to_end(fer_folder, models, tmp_path, capsys):
@@ -293,12 +301,47 @@ def test_cli_compares_two_models_with_mcnemar(fer_folder, models, tmp_path, caps
     assert "McNemar" in (out / "report.html").read_text()
 
 
-def test_onnx_model_evaluates_like_its_checkpoint(fer_folder, models, onnx_model):
-    via_onnx = evaluate(fer_folder, "public", onnx_model, tta="flip", save=False)
+def test_onnx_model_evaluates_like_its_checkpoint(fer_folder, models, onnx_model, tmp_path):
+    via_onnx = evaluate(fer_folder, "public", onnx_model, tta="flip", out=tmp_path / "onnx")
     via_torch = evaluate(fer_folder, "public", models[0], tta="flip", save=False)
     assert via_onnx["runtime"] == "onnx"
     assert via_onnx["confusion_matrix"] == via_torch["confusion_matrix"]
     assert via_onnx["nll"] == pytest.approx(via_torch["nll"], abs=1e-4)
+    ident = via_onnx["model"]
+    assert ident["metadata"]["format"] == "emolens-onnx" and ident["twin"]["match"] is True
+    # config and training log come from the .pt it was exported from
+    assert ident["config"] == {"epochs": 3, "seed": 0} and ident["epochs_logged"] == 3
+    assert (tmp_path / "onnx" / "learning_curves.png").is_file()
+
+
+def test_onnx_whose_twin_checkpoint_changed_is_flagged(fer_folder, models, onnx_model, tmp_path):
+    import shutil
+
+    shutil.copy(onnx_model, tmp_path / "a.onnx")
+    shutil.copy(models[1], tmp_path / "a.pt")  # the .pt was retrained after the export
+    said = []
+    m = evaluate(fer_folder, "public", tmp_path / "a.onnx", tta="none", save=False, log=said.append)
+    assert m["model"]["twin"]["match"] is False and m["model"]["config"] == {}
+    assert any("was not exported from the a.pt" in line for line in said)
+
+
+def test_shipped_model_pair_must_agree(fer_folder, models, onnx_model, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import emolens.runtime
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(onnx_model, weights / "emolens_cnn_lstm.onnx")
+    shutil.copy(onnx_model.with_suffix(".pt"), weights / "emolens_cnn_lstm.pt")
+    monkeypatch.setattr(emolens.runtime, "default_model_path", lambda kind="onnx": weights / f"emolens_cnn_lstm.{kind}")
+    assert main(["evaluate", "--data", str(fer_folder), "--tta", "none", "--out", str(tmp_path / "ok")]) == 0
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["model"]["file"] == "emolens_cnn_lstm.onnx"
+    shutil.copy(models[1], weights / "emolens_cnn_lstm.pt")  # one of the shipped files replaced
+    capsys.readouterr()
+    for extra in ([], ["--runtime", "torch"]):
+        err = _run_cli_error(["--data", str(fer_folder), *extra], capsys)
+        assert "the shipped model files disagree" in err
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,3 +459,13 @@ def test_api_errors_are_evaluate_errors(fer_folder, models):
         evaluate(fer_folder, model=models[0], tta="mirror", save=False)
     with pytest.raises(EvaluateError, match="unknown runtime"):
         evaluate(fer_folder, model=models[0], runtime="tensorrt", save=False)
+
+
+def test_chunked_prediction_with_progress_gives_the_same_numbers(models):
+    from emolens.evaluate import _predict
+    from emolens.runtime import load_classifier
+
+    clf = load_classifier(models[0])
+    faces = np.random.default_rng(1).integers(0, 256, (1100, 48, 48), dtype=np.uint8)
+    np.testing.assert_allclose(_predict(clf, faces, "flip", 256, progress=True),
+                               clf.predict_proba(faces, tta="flip"), atol=1e-6)

@@ -90,6 +90,7 @@ def _add_evaluate(sub) -> None:
                    help="auto: ONNX Runtime for .onnx, torch for .pt")
     p.add_argument("--device", default="auto", help="torch runtime: auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
 
 
 def _cmd_evaluate(args) -> int:
@@ -104,7 +105,7 @@ def _cmd_evaluate(args) -> int:
         result = evaluate(args.data if args.data is not None else default_data_path(), split=args.split,
                           model=models[0] if len(models) == 1 else models, tta=args.tta, out=args.out,
                           runtime=args.runtime, batch_size=args.batch_size, device=args.device,
-                          sha256=args.sha256,
+                          sha256=args.sha256, skip_bad=args.skip_bad, progress=True,
                           log=lambda msg: console.print(msg, markup=False, highlight=False))
     except EvaluateError as e:
         raise UsageError(str(e)) from None

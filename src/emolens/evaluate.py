@@ -236,6 +236,8 @@ def load_checked_classifier(model: Any = None, runtime: str = "auto", device: st
             if actual != expected:
                 raise ModelError(f"{path}: sha256 mismatch: {where} says {expected}, the file has {actual} "
                                  "(changed, damaged or not the model you meant)")
+        if model is None:
+            _check_shipped_pair(path)
         kind = "torch" if runtime == "torch" or (runtime == "auto" and path.suffix == ".pt") else "onnx"
         dev = _resolve_device(kind, device)
         try:
@@ -258,41 +260,96 @@ def load_checked_classifier(model: Any = None, runtime: str = "auto", device: st
     return clf
 
 
-def _model_identity(clf) -> dict[str, Any]:
+def _check_shipped_pair(path: Path) -> None:
+    """The shipped .onnx must have been exported from the shipped .pt (ONNX metadata ``source_sha256``):
+    either file replaced or damaged breaks that link."""
+    twin = twin_check(path)
+    if twin and not twin["match"]:
+        from .runtime import ModelError
+
+        raise ModelError(f"{path}: the shipped model files disagree: {twin['onnx']} records source sha256 "
+                         f"{twin['source_sha256']}, {twin['pt']} does not match it (changed or damaged; "
+                         "reinstall emolens)")
+
+
+def _onnx_metadata(path: Path, session=None) -> dict[str, Any]:
+    """The ``emolens.*`` metadata of an ONNX file (JSON-decoded, prefix dropped); {} when unreadable."""
+    if session is None:
+        try:
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception:  # not readable as ONNX: no metadata to check against
+            return {}
+    meta = {}
+    for key, value in sorted(session.get_modelmeta().custom_metadata_map.items()):
+        if key.startswith("emolens."):
+            try:
+                meta[key.split(".", 1)[1]] = json.loads(value)
+            except ValueError:
+                meta[key.split(".", 1)[1]] = value
+    return meta
+
+
+def twin_check(path: Path, session=None) -> dict[str, Any] | None:
+    """A model's ``.onnx``/``.pt`` twin beside it (as ``emolens export``/the shipped weights make them) and
+    whether the ONNX file's recorded ``source_sha256`` is the ``.pt`` file's hash; None without a twin."""
+    from .checkpoint import file_sha256
+
+    path = Path(path)
+    onnx_path, pt_path = (path, path.with_suffix(".pt")) if path.suffix == ".onnx" else \
+        (path.with_suffix(".onnx"), path)
+    if not (onnx_path.is_file() and pt_path.is_file()):
+        return None
+    source = _onnx_metadata(onnx_path, session if path == onnx_path else None).get("source_sha256")
+    if not source:
+        return None
+    return {"onnx": onnx_path.name, "pt": pt_path.name, "source_sha256": source,
+            "match": file_sha256(pt_path) == source}
+
+
+def _twin_checkpoint(clf, twin: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint behind an ONNX model (config, history) when its ``.pt`` twin is the very file it was
+    exported from; {} otherwise or without torch."""
+    if getattr(clf, "checkpoint", None) is not None or not twin or not twin["match"]:
+        return {}
+    try:
+        from .checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(Path(clf.path).with_suffix(".pt"))
+    except Exception:  # no torch, or an unreadable twin: the ONNX metadata alone describes the model
+        return {}
+    ckpt.pop("state_dict", None)
+    return ckpt
+
+
+def _model_identity(clf, twin: dict[str, Any] | None) -> dict[str, Any]:
     ident = clf.info()
     ident["file"] = Path(clf.path).name
-    ckpt = getattr(clf, "checkpoint", None)
-    if ckpt is not None:
-        ident["kwargs"] = ckpt.get("model", {}).get("kwargs", {})
-        ident["config"] = ckpt.get("config", {})
-        ident["epochs_logged"] = len(ckpt.get("history") or [])
     session = getattr(clf, "session", None)
     if session is not None:  # ONNX: everything emolens.export recorded, under its own key so nothing is shadowed
-        meta = {}
-        for key, value in sorted(session.get_modelmeta().custom_metadata_map.items()):
-            if key.startswith("emolens.") and key not in ("emolens.classes", "emolens.metrics"):
-                try:
-                    meta[key.split(".", 1)[1]] = json.loads(value)
-                except ValueError:
-                    meta[key.split(".", 1)[1]] = value
-        ident["metadata"] = meta
-        ident["config"] = meta.get("config", {})
+        ident["metadata"] = {k: v for k, v in _onnx_metadata(clf.path, session).items()
+                             if k not in ("classes", "metrics")}
+    ckpt = getattr(clf, "checkpoint", None) or _twin_checkpoint(clf, twin)
+    meta_model = (ident.get("metadata") or {}).get("model") or {}
+    ident["kwargs"] = ckpt.get("model", meta_model).get("kwargs", {})
+    ident["config"] = ckpt.get("config", {})
+    ident["epochs_logged"] = len(ckpt.get("history") or [])
+    if ckpt.get("source_sha256"):
+        ident["trained_checkpoint_sha256"] = ckpt["source_sha256"]
+    if twin:
+        ident["twin"] = twin
     return ident
 
 
-def _history(clf) -> list[dict[str, Any]]:
-    """Per-epoch training log carried by the model (checkpoint ``history``, or ``history`` in the ONNX
-    metadata), or [] when it has none."""
-    ckpt = getattr(clf, "checkpoint", None)
-    hist = (ckpt or {}).get("history") or (clf.metrics or {}).get("history") or []
+def _history(clf, twin: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-epoch training log carried by the model (checkpoint ``history``; for ONNX, a ``history`` in its
+    metadata or in the checkpoint it was exported from), or [] when it has none."""
+    ckpt = getattr(clf, "checkpoint", None) or _twin_checkpoint(clf, twin)
+    hist = ckpt.get("history") or (clf.metrics or {}).get("history") or []
     session = getattr(clf, "session", None)
     if not hist and session is not None:
-        raw = session.get_modelmeta().custom_metadata_map.get("emolens.history")
-        if raw:
-            try:
-                hist = json.loads(raw)
-            except ValueError:
-                hist = []
+        hist = _onnx_metadata(clf.path, session).get("history") or []
     return hist if isinstance(hist, list) and all(isinstance(h, dict) for h in hist) else []
 
 
@@ -339,13 +396,14 @@ def _prepare_out(out: str | os.PathLike | None) -> Path:
 def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, tta: str = "flip",
              out: str | os.PathLike | None = None, runtime: str = "auto", batch_size: int = 256, *,
              sha256: str | Sequence[str | None] | None = None, device: str = "auto", save: bool = True,
-             log=None) -> dict[str, Any]:
+             skip_bad: bool = False, progress: bool = False, log=None) -> dict[str, Any]:
     """Evaluate a model (or several) on one split of labelled FER data; returns the metrics dict.
 
     ``data`` is anything :func:`emolens.data.load_dataset` reads (the images are 48x48 faces already, so no
     face detection); ``model`` is a ``.onnx``/``.pt`` path, a loaded classifier, None for the shipped model,
     or a list of them to compare (then the dict is ``{"models": [...], "comparisons": [...], ...}`` and
-    each model's entry is a full metrics dict). ``sha256`` (one per model) must match the file. Writes
+    each model's entry is a full metrics dict). ``sha256`` (one per model) must match the file; ``skip_bad``
+    skips unreadable images (counted in ``data.skipped``); ``progress`` shows a progress bar. Writes
     metrics.json, predictions.csv, PNG plots, report.html and report.xlsx into ``out`` (default
     ``runs/evaluate/<time>``) unless ``save`` is False. Example:
     ``evaluate("fer2013.zip", "public")["accuracy"]``.
@@ -377,7 +435,7 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
 
     classifiers = [load_checked_classifier(m, runtime, device, s) for m, s in zip(specs, shas, strict=True)]
     t0 = time.perf_counter()
-    ds = load_dataset(data)
+    ds = load_dataset(data, skip_bad=skip_bad, progress=progress)
     sub = _select_split(ds, split, data)
     data_seconds = time.perf_counter() - t0
     common = {
@@ -390,23 +448,27 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
         "tta": tta, "batch_size": int(batch_size),
     }
     labels = [chr(ord("A") + i) if i < 26 else f"M{i + 1}" for i in range(len(classifiers))]
-    results, probas = [], []
+    results, probas, histories = [], [], []
     for label, clf in zip(labels, classifiers, strict=True):
         say(f"evaluating {label if len(classifiers) > 1 else 'model'} {clf.name} ({clf.runtime}, "
             f"{Path(clf.path).name}) on {split}: {len(sub)} images, TTA {tta}")
         t1 = time.perf_counter()
-        proba = clf.predict_proba(sub.images, tta=tta, batch_size=int(batch_size))
+        proba = _predict(clf, sub.images, tta, int(batch_size), progress)
         if tuple(clf.classes) != CLASSES:  # a model with another class order: columns into CLASSES order
             proba = proba[:, [list(clf.classes).index(c) for c in CLASSES]]
         seconds = time.perf_counter() - t1
         m = classification_metrics(sub.labels, proba)
         m.update(common)
         dev = getattr(clf, "device", "cpu")
-        m.update({"label": label, "model": _model_identity(clf), "runtime": clf.runtime, "device": str(dev),
+        twin = twin_check(Path(clf.path), getattr(clf, "session", None))
+        if twin and not twin["match"]:
+            say(f"warning: {twin['onnx']} was not exported from the {twin['pt']} beside it (source sha256 differs)")
+        m.update({"label": label, "model": _model_identity(clf, twin), "runtime": clf.runtime, "device": str(dev),
                   "seconds": {"load_data": round(data_seconds, 3), "predict": round(seconds, 3)},
                   "images_per_second": round(len(sub) / seconds, 1) if seconds > 0 else None})
         results.append(m)
         probas.append(proba)
+        histories.append(_history(clf, twin))
     comparisons = [{"a": results[0]["label"], "b": r["label"],
                     **compare_models(sub.labels, probas[0].argmax(1), p.argmax(1), results[0], r)}
                    for r, p in zip(results[1:], probas[1:], strict=True)]
@@ -417,8 +479,24 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
                                                                     "comparisons": comparisons,
                                                                     "seconds": {"total": total}}
     if save:
-        _write_outputs(result, results, comparisons, probas, sub, [_history(c) for c in classifiers], target)
+        _write_outputs(result, results, comparisons, probas, sub, histories, target)
     return result
+
+
+def _predict(clf, faces: np.ndarray, tta: str, batch_size: int, progress: bool) -> np.ndarray:
+    """clf.predict_proba over chunks so a progress bar can move (10-view crops TTA takes minutes on a CPU);
+    TTA views are per image, so chunking changes nothing in the numbers."""
+    chunk = max(batch_size, 1024)
+    if not progress or len(faces) <= chunk:
+        return clf.predict_proba(faces, tta=tta, batch_size=batch_size)
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=len(faces), desc=f"predicting ({clf.runtime}, TTA {tta})", unit="img", leave=False) as bar:
+        for i in range(0, len(faces), chunk):
+            out.append(clf.predict_proba(faces[i:i + chunk], tta=tta, batch_size=batch_size))
+            bar.update(len(out[-1]))
+    return np.concatenate(out)
 
 
 def _predictions_csv(sub, results: list[dict], probas: list[np.ndarray]) -> bytes:

@@ -198,28 +198,37 @@ def plot_reliability_diagram(bins: list[dict[str, Any]], ece: float, path: str |
 def plot_confident_mistakes(faces, true: list[str], pred: list[str], confidence: list[float], path: str | Path,
                             title: str = "") -> None:
     """Grid of 48x48 faces (M, 48, 48) uint8, one row per true class, each labelled with its wrong
-    prediction and confidence; rows keep the order given (most confident first)."""
+    prediction and confidence; rows keep the order given (most confident first). Drawn as one mosaic image
+    (one axes instead of M) so it renders in a fraction of a second."""
+    import numpy as np
+
     plt = _pyplot()
     rows = list(dict.fromkeys(true))
     cols = max(true.count(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.15 * cols + 0.9, 1.35 * len(rows) + 0.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    size = faces.shape[1]
+    top, gap = 14, 6  # room above each face for its label, space between faces
+    ch, cw = size + top, size + gap
+    canvas = np.full((len(rows) * ch, cols * cw), 255, np.uint8)
     seen = {r: 0 for r in rows}
+    labels = []
     for face, t, p, c in zip(faces, true, pred, confidence, strict=True):
         i, j = rows.index(t), seen[t]
         seen[t] += 1
-        ax = axes[i, j]
-        ax.imshow(face, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{p} {100 * c:.0f}%", fontsize=7, pad=2)
-        if j == 0:
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_ylabel(f"true\n{t}", fontsize=8)
-    fig.suptitle(title or "most confident mistakes", fontsize=10)
+        y, x = i * ch + top, j * cw + gap // 2
+        canvas[y:y + size, x:x + size] = face
+        labels.append((x + size / 2, y - 2, f"{p} {100 * c:.0f}%"))
+    fig, ax = plt.subplots(figsize=(cols * 0.95 + 1.0, len(rows) * 1.2 + 0.6))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    for x, y, text in labels:
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks([])
+    ax.set_yticks([i * ch + top + size / 2 for i in range(len(rows))], [f"true\n{r}" for r in rows], fontsize=8)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.tick_params(length=0)
+    ax.set_title(title or "most confident mistakes", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path, dpi=90)  # 48x48 faces gain nothing from more pixels; keeps report.html small
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
