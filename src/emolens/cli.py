@@ -36,6 +36,194 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="emotions of the faces in photos",
+                       description="Find the faces in images and say each one's emotion. PATH: image files, "
+                                   "folders (searched recursively) or glob patterns; none = a bundled sample photo. "
+                                   "Prints a table per image (or JSON lines with --json); --save-dir keeps "
+                                   "annotated images. A run over several images shows a progress bar and writes "
+                                   "predictions.csv (one row per face) to --save-dir, else runs/predict/<time>/. "
+                                   "Exit code 1 when any image could not be read.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or globs")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of tables")
+    p.add_argument("--save-dir", default=None, metavar="DIR", help="write annotated images and predictions.csv here")
+    p.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (see emolens bench predict)")
+    p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
+    p.add_argument("--no-detect", action="store_true",
+                   help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
+    p.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
+    p.add_argument("--margin", type=float, default=0.2, help="crop side = detected box side x (1 + margin)")
+    p.add_argument("--model", default=None, metavar="PATH", help=".onnx or .pt model (default: the shipped one)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="onnx",
+                   help="onnx (ONNX Runtime), torch (PyTorch, .pt), auto (by file suffix)")
+
+
+def _print_faces(console, name: str, faces, classes, size: tuple[int, int]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    if not faces:
+        console.print(f"{name} ({size[0]}x{size[1]}): no face found", markup=False, highlight=False)
+        return
+    t = Table(title=f"{name} ({size[0]}x{size[1]}): {len(faces)} face(s)",
+              title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    for col in ("#", "box x,y,w,h", "emotion", "conf"):
+        t.add_column(col, justify="left" if col == "emotion" else "right", no_wrap=True)
+    for c in classes:
+        t.add_column(c[:3], justify="right", no_wrap=True)
+    for i, f in enumerate(faces):
+        t.add_row(str(i), ",".join(map(str, f.box)), f"[bold]{f.emotion}[/bold]", f"{100 * f.confidence:.1f}%",
+                  *(f"{100 * f.probabilities[c]:.1f}" for c in classes))
+    console.print(t)
+
+
+def _annotated_name(path, roots, used: set) -> str:
+    """Output file name for an annotated image: its path relative to the folder given, flattened."""
+    from pathlib import Path
+
+    path = Path(path)
+    rel = path.name
+    for r in roots:
+        try:
+            rel = "__".join(path.resolve().relative_to(r).parts)
+            break
+        except ValueError:
+            continue
+    stem, suffix = Path(rel).stem, path.suffix.lower()
+    suffix = suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".png"
+    name, k = stem + suffix, 1
+    while name in used:
+        name, k = f"{stem}-{k}{suffix}", k + 1
+    used.add(name)
+    return name
+
+
+def _cmd_predict(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .checkpoint import atomic_write_bytes
+    from .faces import DetectorError
+    from .predict import EmotionRecognizer, ImageError, expand_inputs, predictions_csv, to_bgr
+
+    if not 0 <= args.margin <= 2:
+        raise UsageError("--margin must be between 0 and 2")
+    inputs = args.paths or [str(Path(__file__).with_name("assets") / "astronaut.jpg")]
+    files, problems = expand_inputs(inputs)
+    err = Console(stderr=True)
+    for msg in problems:
+        err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    try:
+        rec = EmotionRecognizer(model=args.model, runtime=args.runtime, detector=args.detector, tta=args.tta,
+                                detect=not args.no_detect, margin=args.margin, align=not args.no_align)
+    except DetectorError as e:
+        raise UsageError(str(e)) from None
+    console = Console()
+    many = len(files) > 1 or any(Path(p).is_dir() or not Path(p).exists() for p in inputs)
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    csv_dir = save_dir or (Path("runs/predict") / time.strftime("%Y%m%d-%H%M%S") if many else None)
+    roots = [Path(p).resolve() for p in inputs if Path(p).is_dir()]
+    rows, failed, used = [], len(problems), set()
+    progress = None
+    if many and not args.json and err.is_terminal:
+        from rich.progress import Progress
+
+        progress = Progress(console=err, transient=True)
+        task = progress.add_task("predict", total=len(files))
+        progress.start()
+    try:
+        for path in files:
+            try:
+                img = to_bgr(path)
+                faces = rec.predict(img)
+            except ImageError as e:
+                failed += 1
+                err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+                if args.json:
+                    print(json.dumps({"path": str(path), "error": str(e), "faces": []}), flush=True)
+                continue
+            except Exception as e:  # one bad file must not stop the others, nor print a traceback
+                failed += 1
+                err.print(f"error: {path}: {type(e).__name__}: {e}", markup=False, highlight=False, soft_wrap=True)
+                continue
+            finally:
+                if progress is not None:
+                    progress.advance(task)
+            size = (img.shape[1], img.shape[0])
+            rows.append((str(path), faces))
+            if args.json:
+                print(json.dumps({"path": str(path), "width": size[0], "height": size[1],
+                                  "faces": [f.to_dict() for f in faces]}), flush=True)
+            else:
+                _print_faces(progress.console if progress else console, str(path), faces, rec.classes, size)
+            if save_dir is not None:
+                import cv2
+
+                name = _annotated_name(path, roots, used)
+                ok, enc = cv2.imencode(Path(name).suffix, rec.draw(img, faces))
+                if ok:
+                    atomic_write_bytes(save_dir / name, enc.tobytes())
+    finally:
+        if progress is not None:
+            progress.stop()
+    if csv_dir is not None:
+        atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, rec.classes).encode())
+    n_faces = sum(len(f) for _, f in rows)
+    summary = f"{len(rows)} image(s), {n_faces} face(s), {failed} failed"
+    if csv_dir is not None:
+        summary += f"; predictions: {csv_dir / 'predictions.csv'}"
+    if save_dir is not None:
+        summary += f"; annotated images: {save_dir}/"
+    err.print(summary, markup=False, highlight=False, soft_wrap=True)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="checkpoint -> ONNX (with metadata, checked against torch)",
+                       description="Export a .pt checkpoint to ONNX with a dynamic batch axis and emolens metadata "
+                                   "(classes, preprocessing, metrics, source sha256), then check ONNX Runtime "
+                                   "against torch on random inputs (fails above 1e-4 on probabilities).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help=".pt checkpoint (e.g. runs/train/<run>/best.pt)")
+    p.add_argument("-o", "--output", default=None, help="output .onnx (default: beside the checkpoint)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--int8", action="store_true", help="also write <output>.int8.onnx (dynamic int8 quantisation)")
+    p.add_argument("--no-check", action="store_true", help="skip the torch vs ONNX Runtime check")
+    p.add_argument("--ship", default=None, metavar="DIR",
+                   help="instead: write the shipped pair (fp16 .pt + .onnx from the same weights) into DIR")
+
+
+def _cmd_export(args) -> int:
+    from .export import ExportError, export_onnx, ship
+
+    try:
+        if args.ship:
+            r = ship(args.checkpoint, args.ship)
+            for name, size in r["sizes"].items():
+                print(f"{name}: {size / 1e6:.2f} MB")
+            print(f"total {r['total_bytes'] / 1e6:.2f} MB; torch vs ONNX max |dp| = {r['max_abs_diff']:.2e}")
+            return 0
+        r = export_onnx(args.checkpoint, args.output, opset=args.opset, check=not args.no_check, quantize=args.int8)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    print(f"{r['path']}: {r['size_bytes'] / 1e6:.2f} MB, opset {r['opset']}")
+    if r["max_abs_diff"] is not None:
+        print(f"torch vs ONNX Runtime: max |dp| = {r['max_abs_diff']:.2e} (limit 1e-4)")
+    if r["int8_path"]:
+        print(f"{r['int8_path']}: {r['int8_size_bytes'] / 1e6:.2f} MB (int8, dynamic quantisation)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -287,6 +475,49 @@ def _cmd_serve(args) -> int:
               log_level=args.log_level)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+
+#: ``emolens bench`` sub-verbs; each has ``_add_bench_<name>(bench_subparsers)`` and ``_cmd_bench_<name>(args)``
+#: in its module's section (missing ones are skipped), like the top-level verbs.
+_BENCH_VERBS = ["predict", "video", "serve"]
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="speed measurements (predict, video, serve)",
+                       description="Measure speed on this machine. Run `emolens bench SUBVERB --help`.")
+    names = [n for n in _BENCH_VERBS if f"_add_bench_{n}" in globals()]
+    bsub = p.add_subparsers(dest="bench_cmd", metavar="{" + ",".join(names) + "}", required=True)
+    for name in names:
+        globals()[f"_add_bench_{name}"](bsub)
+
+
+def _cmd_bench(args) -> int:
+    return int(globals()[f"_cmd_bench_{args.bench_cmd}"](args) or 0)
+
+
+def _add_bench_predict(bsub) -> None:
+    p = bsub.add_parser("predict", help="classifier ms/face and faces/s per runtime; detector ms per frame",
+                        description="Time the emotion classifier under torch, ONNX Runtime fp32 and ONNX Runtime "
+                                    "int8 (quantised on the fly), at batch 1 and batched, with and without TTA, "
+                                    "and each installed face detector on a 640x480 frame. Prints markdown tables.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help=".onnx or .pt model (default: the shipped pair)")
+    p.add_argument("--batch", type=int, default=64, help="batch size for the faces/s column")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (0 = the libraries' default)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds spent on each measurement")
+    p.add_argument("--detector", action="append", default=None, help="detector(s) to time (default: all installed)")
+
+
+def _cmd_bench_predict(args) -> int:
+    from .bench import bench_predict, format_predict
+
+    if args.batch < 1 or args.threads < 0 or args.min_time <= 0:
+        raise UsageError("--batch must be >= 1, --threads >= 0 and --min-time > 0")
+    print(format_predict(bench_predict(args.model, batch=args.batch, threads=args.threads, min_time=args.min_time,
+                                       detectors=args.detector)))
     return 0
 
 

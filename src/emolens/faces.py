@@ -1,0 +1,218 @@
+"""Face detection behind one interface, and the square (optionally eye-aligned) crops fed to the classifier.
+
+Every detector has ``detect(image_bgr) -> [(x, y, w, h)]`` and ``detect_faces(image_bgr) -> [Detection]``
+(box, score and, where the detector finds them, eye landmarks). ``create_detector(name)`` builds one by name;
+``"auto"`` is the best detector installed, falling back to OpenCV's Haar cascade, which ships with OpenCV.
+Crops go through :func:`emolens.preprocess.preprocess`, the one preprocessing every path shares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .preprocess import INPUT_SIZE, preprocess, to_gray
+
+Box = tuple[int, int, int, int]
+
+
+class DetectorError(ValueError):
+    """An unknown detector name, or one whose package is not installed."""
+
+
+@dataclass
+class Detection:
+    """One face: ``box`` (x, y, w, h) in pixels of the image given, ``score`` (detector-specific, higher is
+    surer), ``landmarks`` name -> (x, y), with at least ``left_eye`` and ``right_eye`` (the eyes as they appear
+    in the image: left_eye has the smaller x on an upright face) when the detector finds them."""
+
+    box: Box
+    score: float = 1.0
+    landmarks: dict[str, tuple[float, float]] | None = field(default=None)
+
+
+class FaceDetector:
+    """Base class: subclasses implement ``detect_faces``."""
+
+    name: str = ""
+
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        """(H, W, 3) BGR or (H, W) gray uint8 -> face boxes (x, y, w, h)."""
+        return [d.box for d in self.detect_faces(image)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _clip_box(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:
+    x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+    x1, y1 = min(width, int(round(x + w))), min(height, int(round(y + h)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+# ---------------------------------------------------------------------------------------------- Haar
+
+
+class HaarDetector(FaceDetector):
+    """OpenCV's frontal-face Haar cascade (ships inside opencv-python-headless<5).
+
+    Tuned for speed: the frame is first shrunk so its longer side is at most ``max_side`` pixels (the cascade
+    cost grows with pixel count and its smallest window is 24 px anyway), faces smaller than ``min_face`` of
+    the shorter side are not searched for, and eyes are looked for (only inside each face's upper half) when
+    ``eyes`` is true, for alignment.
+    """
+
+    name = "haar"
+
+    def __init__(self, max_side: int = 480, min_face: float = 0.06, scale_factor: float = 1.1,
+                 min_neighbors: int = 5, eyes: bool = True, cascade: str = "haarcascade_frontalface_default.xml"):
+        import cv2
+
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + cascade)
+        if self.cascade.empty():
+            raise DetectorError(f"OpenCV has no {cascade}: install opencv-python-headless<5 (OpenCV 5 dropped it)")
+        self.eye_cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml") if eyes else None
+        self.max_side, self.min_face = max_side, min_face
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:
+        import cv2
+
+        gray = to_gray(image, "bgr")
+        height, width = gray.shape
+        scale = min(1.0, self.max_side / max(height, width))
+        small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        small = cv2.equalizeHist(small)
+        side = max(20, int(self.min_face * min(small.shape)))
+        found = self.cascade.detectMultiScale3(small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                                               minSize=(side, side), outputRejectLevels=True)
+        rects, weights = found[0], found[2]
+        out = []
+        for (x, y, w, h), score in zip(rects, weights, strict=False):
+            box = _clip_box(x / scale, y / scale, w / scale, h / scale, width, height)
+            if box is None:
+                continue
+            marks = self._eyes(gray, box) if self.eye_cascade is not None else None
+            out.append(Detection(box, float(score), marks))
+        return out
+
+    def _eyes(self, gray: np.ndarray, box: Box) -> dict[str, tuple[float, float]] | None:
+        """Eye centres from the eye cascade inside the face's upper half, one per side, or None."""
+        import cv2
+
+        x, y, w, h = box
+        roi = gray[y:y + h // 2 + h // 10, x:x + w]
+        scale = min(1.0, 160 / max(1, w))  # eyes are found as well at 160 px face width, much faster
+        if scale < 1:
+            roi = cv2.resize(roi, (max(1, round(roi.shape[1] * scale)), max(1, round(roi.shape[0] * scale))),
+                             interpolation=cv2.INTER_AREA)
+        side = max(8, int(0.15 * w * scale))
+        eyes = self.eye_cascade.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=5, minSize=(side, side),
+                                                 maxSize=(int(0.45 * w * scale) + 1,) * 2)
+        left = [e for e in eyes if e[0] + e[2] / 2 < roi.shape[1] / 2]
+        right = [e for e in eyes if e[0] + e[2] / 2 >= roi.shape[1] / 2]
+        if not left or not right:
+            return None
+        le, re = max(left, key=lambda e: e[2]), max(right, key=lambda e: e[2])
+        centre = lambda e: (x + (e[0] + e[2] / 2) / scale, y + (e[1] + e[3] / 2) / scale)
+        (lx, ly), (rx, ry) = centre(le), centre(re)
+        # two boxes that are not at a plausible eye distance are a mis-detection (eyebrow, nostril)
+        if not 0.25 * w <= math.hypot(rx - lx, ry - ly) <= 0.75 * w:
+            return None
+        return {"left_eye": (float(lx), float(ly)), "right_eye": (float(rx), float(ry))}
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+#: name -> (factory, one-line description); "auto" picks the first available of AUTO_ORDER.
+_DETECTORS: dict[str, tuple[Callable[..., FaceDetector], str]] = {
+    "haar": (HaarDetector, "OpenCV Haar cascade (frontal faces), ships with opencv-python-headless<5"),
+}
+AUTO_ORDER: tuple[str, ...] = ("haar",)
+
+
+def list_detectors() -> list[str]:
+    """Detector names ``create_detector`` knows (installed or not), plus ``auto``."""
+    return ["auto", *_DETECTORS]
+
+
+def available_detectors() -> list[str]:
+    """Detector names whose packages are installed and load."""
+    names = []
+    for name in _DETECTORS:
+        try:
+            create_detector(name)
+        except DetectorError:
+            continue
+        names.append(name)
+    return names
+
+
+def create_detector(name: str = "auto", **kwargs) -> FaceDetector:
+    """A detector by name: ``auto`` (best installed), or one of :func:`list_detectors`."""
+    if isinstance(name, FaceDetector):
+        return name
+    if name == "auto":
+        errors = []
+        for candidate in AUTO_ORDER:
+            try:
+                return create_detector(candidate, **kwargs)
+            except DetectorError as e:
+                errors.append(str(e))
+        raise DetectorError("no face detector available: " + "; ".join(errors))
+    if name not in _DETECTORS:
+        raise DetectorError(f"unknown face detector {name!r}: use one of {', '.join(list_detectors())}")
+    try:
+        return _DETECTORS[name][0](**kwargs)
+    except ImportError as e:
+        raise DetectorError(f"face detector {name!r} needs a package that is not installed ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------- crops
+
+
+def eye_angle(landmarks: dict[str, tuple[float, float]] | None) -> float:
+    """Degrees to rotate the face by so the eyes are level (0 when the eyes are unknown)."""
+    if not landmarks or "left_eye" not in landmarks or "right_eye" not in landmarks:
+        return 0.0
+    (lx, ly), (rx, ry) = landmarks["left_eye"], landmarks["right_eye"]
+    return math.degrees(math.atan2(ry - ly, rx - lx))
+
+
+def square_crop(image: np.ndarray, box: Box, margin: float = 0.2, angle: float = 0.0) -> np.ndarray:
+    """The square of side ``max(w, h) * (1 + margin)`` centred on ``box``, rotated by ``angle`` degrees about
+    the box centre (counter-clockwise, as OpenCV). Pixels outside the image repeat the border. Native
+    resolution: :func:`preprocess` does the one resize."""
+    import cv2
+
+    x, y, w, h = box
+    side = max(2, int(round(max(w, h) * (1 + margin))))
+    cx, cy = x + w / 2, y + h / 2
+    if abs(angle) < 0.5:  # plain slicing: exact pixels, no interpolation
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        height, width = image.shape[:2]
+        pads = (max(0, -y0), max(0, y0 + side - height), max(0, -x0), max(0, x0 + side - width))
+        crop = image[max(0, y0):min(height, y0 + side), max(0, x0):min(width, x0 + side)]
+        if any(pads):
+            crop = cv2.copyMakeBorder(np.ascontiguousarray(crop), *pads, cv2.BORDER_REPLICATE)
+        return np.ascontiguousarray(crop)
+    m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    m[:, 2] += (side / 2 - cx, side / 2 - cy)
+    return cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def face_crops(image: np.ndarray, detections: list[Detection], margin: float = 0.2, align: bool = True,
+               size: int = INPUT_SIZE) -> np.ndarray:
+    """(H, W, 3) BGR image + detections -> (N, size, size) uint8 classifier input, through ``preprocess``."""
+    crops = [preprocess(square_crop(image, d.box, margin, eye_angle(d.landmarks) if align else 0.0), "bgr", size)
+             for d in detections]
+    return np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)

@@ -1,0 +1,433 @@
+"""The Python API for photos: find every face, say its emotion.
+
+    from emolens import EmotionRecognizer
+    rec = EmotionRecognizer()                    # the shipped model, ONNX Runtime, best installed detector
+    faces = rec.predict("photo.jpg")             # [Face(box, emotion, confidence, probabilities, landmarks)]
+    cv2.imwrite("out.jpg", rec.draw("photo.jpg", faces))
+
+Images are handled as BGR uint8 numpy arrays inside. Inputs: a path, encoded bytes, a PIL image (its mode says
+the channels, EXIF orientation applied) or a numpy array, which is taken as BGR (OpenCV's order) unless
+``channel_order="rgb"`` is given; gray arrays are fine. Images above ``MAX_PIXELS`` are refused before they are
+decoded (a decompression bomb costs nothing to send and gigabytes to decode).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .faces import Box, Detection, FaceDetector, create_detector, face_crops
+from .preprocess import INPUT_SIZE, preprocess
+from .runtime import load_classifier
+
+#: Largest image accepted, in pixels (width x height): 50 megapixels.
+MAX_PIXELS = 50_000_000
+
+ImageInput = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image: missing, unreadable, truncated, too large."""
+
+
+class NoFaceError(ImageError):
+    """The one-line helpers found no face in the image."""
+
+
+@dataclass
+class Face:
+    """One face in an image: ``box`` (x, y, w, h) in pixels of that image, the most probable ``emotion``, its
+    ``confidence`` (0-1), ``probabilities`` of every class, and eye ``landmarks`` (x, y) when the detector gives
+    them."""
+
+    box: Box
+    emotion: str
+    confidence: float
+    probabilities: dict[str, float]
+    landmarks: dict[str, tuple[float, float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready types."""
+        return {"box": [int(v) for v in self.box], "emotion": self.emotion, "confidence": float(self.confidence),
+                "probabilities": {k: float(v) for k, v in self.probabilities.items()},
+                "landmarks": None if self.landmarks is None else
+                {k: [float(v[0]), float(v[1])] for k, v in self.landmarks.items()}}
+
+
+# ---------------------------------------------------------------------------------------------- image input
+
+
+def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: image too large ({width}x{height} = {width * height / 1e6:.1f} megapixels; "
+                         f"the limit is {max_pixels / 1e6:g}): downscale it first")
+
+
+def _pil_to_bgr(im, name: str) -> np.ndarray:
+    """A loaded PIL image -> (H, W, 3) BGR or (H, W) gray uint8."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im)
+        if arr.dtype != np.uint8:  # 16-bit gray: keep the top 8 bits, as OpenCV's reader would
+            arr = (arr.astype(np.uint32) >> 8 if arr.max() > 255 else arr).astype(np.uint8)
+        return np.ascontiguousarray(arr)
+    if im.mode in ("L", "1"):
+        return np.ascontiguousarray(np.asarray(im.convert("L")))
+    if im.mode == "LA":
+        return np.ascontiguousarray(np.asarray(im.convert("L")))
+    rgb = np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) BGR or (H, W) gray uint8, EXIF orientation applied.
+
+    The size is read from the header and checked before any pixel is decoded; a truncated file is an error
+    (PIL stops there, where OpenCV would return a half-grey image)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_size(im.width, im.height, name, max_pixels)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _pil_to_bgr(im, name)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (format not recognised)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncated/corrupt data as OSError
+        raise ImageError(f"{name}: unreadable image ({str(e).splitlines()[0][:160]})") from None
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file -> (H, W, 3) BGR or (H, W) gray uint8; ImageError when it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode_bytes(data, str(path), max_pixels)
+
+
+def to_bgr(image: ImageInput, channel_order: str = "bgr", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any supported input -> uint8 numpy, (H, W, 3) BGR or (H, W) gray (gray stays gray so a 48x48 face
+    crop can be recognised as one)."""
+    if isinstance(image, str | os.PathLike):
+        return read_image(image, max_pixels)
+    if isinstance(image, bytes | bytearray | memoryview):
+        return decode_bytes(bytes(image), "image", max_pixels)
+    if type(image).__module__.startswith("PIL."):
+        from PIL import ImageOps
+
+        _check_size(image.width, image.height, "image", max_pixels)
+        return _pil_to_bgr(ImageOps.exif_transpose(image), "image")
+    if isinstance(image, np.ndarray):
+        return _array_to_bgr(image, channel_order, max_pixels)
+    raise ImageError(f"unsupported image type {type(image).__name__}: give a path, bytes, a PIL image or a "
+                     "numpy array")
+
+
+def _array_to_bgr(image: np.ndarray, channel_order: str, max_pixels: int) -> np.ndarray:
+    import cv2
+
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"channel_order must be 'bgr' or 'rgb', not {channel_order!r}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or 0 in image.shape:
+        raise ImageError(f"expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+    _check_size(image.shape[1], image.shape[0], "image", max_pixels)
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        elif np.issubdtype(image.dtype, np.floating):
+            scale = 255.0 if image.size and float(np.nanmax(image)) <= 1.0 else 1.0
+            image = np.clip(np.nan_to_num(image * scale), 0, 255).astype(np.uint8)
+        else:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return np.ascontiguousarray(image)
+    if image.shape[2] == 4:
+        code = cv2.COLOR_RGBA2BGR if channel_order == "rgb" else cv2.COLOR_BGRA2BGR
+        return cv2.cvtColor(np.ascontiguousarray(image), code)
+    return np.ascontiguousarray(image[:, :, ::-1] if channel_order == "rgb" else image)
+
+
+def _as_color(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+
+
+def is_face_crop(image: np.ndarray) -> bool:
+    """A 48x48 gray image is a face crop already (FER2013 form): no detection."""
+    return image.ndim == 2 and image.shape == (INPUT_SIZE, INPUT_SIZE)
+
+
+# ---------------------------------------------------------------------------------------------- recognizer
+
+
+class EmotionRecognizer:
+    """Face detector + emotion classifier.
+
+    ``model``: None (the shipped model), an ``.onnx`` file or a ``.pt`` checkpoint; ``runtime``: onnx (default,
+    no torch needed), torch or auto (by file suffix); ``detector``: a name from
+    :func:`emolens.faces.list_detectors` or a ``FaceDetector``; ``tta``: none, flip or crops (averaged views,
+    see :mod:`emolens.runtime`); ``detect=False`` treats every whole image as one face crop; ``margin``: the
+    square crop's side is the detected box's longer side times (1 + margin); ``align``: rotate so the eyes are
+    level when the detector finds them.
+    """
+
+    def __init__(self, model: str | Path | None = None, runtime: str = "onnx", detector: str | FaceDetector = "auto",
+                 tta: str = "flip", detect: bool = True, margin: float = 0.2, align: bool = True, threads: int = 0,
+                 device: str = "cpu", max_pixels: int = MAX_PIXELS):
+        if tta not in ("none", "flip", "crops"):
+            raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+        self.classifier = load_classifier(model, runtime, threads=threads, device=device)
+        self.classes: tuple[str, ...] = tuple(self.classifier.classes)
+        self.tta, self.detect_faces_default = tta, detect
+        self.margin, self.align, self.max_pixels = margin, align, max_pixels
+        self._detectors: dict[str, FaceDetector] = {}
+        self.detector_name = detector if isinstance(detector, str) else detector.name
+        if isinstance(detector, FaceDetector):
+            self._detectors[detector.name] = detector
+        elif detect:
+            self._detector(detector)  # fail now, not at the first image, on a bad name
+
+    def _detector(self, name: str | None = None) -> FaceDetector:
+        name = name or self.detector_name
+        if name not in self._detectors:
+            self._detectors[name] = create_detector(name)
+        return self._detectors[name]
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The default face detector."""
+        return self._detector()
+
+    # -- pieces
+
+    def load(self, image: ImageInput, channel_order: str = "bgr") -> np.ndarray:
+        """Any input -> (H, W, 3) BGR or (H, W) gray uint8."""
+        return to_bgr(image, channel_order, self.max_pixels)
+
+    def detect_detailed(self, image: ImageInput, detector: str | None = None,
+                        channel_order: str = "bgr") -> list[Detection]:
+        """Detections (box, score, landmarks) sorted left to right."""
+        img = self.load(image, channel_order)
+        return sorted(self._detector(detector).detect_faces(img), key=lambda d: (d.box[0], d.box[1]))
+
+    def detect(self, image: ImageInput, detector: str | None = None, channel_order: str = "bgr") -> list[Box]:
+        """Face boxes (x, y, w, h), left to right."""
+        return [d.box for d in self.detect_detailed(image, detector, channel_order)]
+
+    def predict_faces(self, crops: np.ndarray | Sequence[np.ndarray], tta: str | None = None,
+                      channel_order: str = "bgr") -> np.ndarray:
+        """Face crops -> (N, 7) probabilities in ``self.classes`` order. (N, 48, 48) uint8 goes straight to the
+        classifier; any other crops (a list of arrays of any size/colour) go through ``preprocess`` first."""
+        if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[1:] == (INPUT_SIZE, INPUT_SIZE) \
+                and crops.dtype == np.uint8:
+            faces = crops
+        elif isinstance(crops, np.ndarray) and crops.ndim == 2:
+            faces = preprocess(crops, channel_order)[None]
+        else:
+            faces = np.stack([preprocess(np.asarray(c), channel_order) for c in crops]) if len(crops) else \
+                np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
+        return self.classifier.predict_proba(faces, tta=tta or self.tta)
+
+    def _faces(self, probs: np.ndarray, detections: Sequence[Detection]) -> list[Face]:
+        out = []
+        for p, d in zip(probs, detections, strict=True):
+            i = int(np.argmax(p))
+            out.append(Face(tuple(int(v) for v in d.box), self.classes[i], float(p[i]),
+                            {c: float(v) for c, v in zip(self.classes, p, strict=True)}, d.landmarks))
+        return out
+
+    def _prepare(self, image: ImageInput, detector: str | None, detect: bool | None,
+                 channel_order: str) -> tuple[list[Detection], np.ndarray]:
+        """(detections left to right, (N, 48, 48) uint8 crops) of one image."""
+        img = self.load(image, channel_order)
+        detect = self.detect_faces_default if detect is None else detect
+        if not detect or is_face_crop(img):
+            h, w = img.shape[:2]
+            return [Detection((0, 0, w, h))], preprocess(img, "bgr")[None]
+        color = _as_color(img)
+        dets = sorted(self._detector(detector).detect_faces(color), key=lambda d: (d.box[0], d.box[1]))
+        return dets, face_crops(color, dets, self.margin, self.align)
+
+    # -- the API
+
+    def predict(self, image: ImageInput, tta: str | None = None, detector: str | None = None,
+                detect: bool | None = None, channel_order: str = "bgr") -> list[Face]:
+        """Every face in ``image`` with its emotion, left to right (an empty list when there is none)."""
+        dets, crops = self._prepare(image, detector, detect, channel_order)
+        return self._faces(self.predict_faces(crops, tta), dets)
+
+    def predict_batch(self, images: Iterable[ImageInput], tta: str | None = None, detector: str | None = None,
+                      detect: bool | None = None, channel_order: str = "bgr") -> list[list[Face]]:
+        """``predict`` for many images; the face crops of all of them go through the classifier in batches."""
+        prepared = [self._prepare(im, detector, detect, channel_order) for im in images]
+        if not prepared:
+            return []
+        crops = np.concatenate([c for _, c in prepared])
+        probs = self.predict_faces(crops, tta)
+        out, i = [], 0
+        for dets, c in prepared:
+            out.append(self._faces(probs[i:i + len(c)], dets))
+            i += len(c)
+        return out
+
+    def draw(self, image: ImageInput, faces: Sequence[Face], channel_order: str = "bgr", bars: bool = True):
+        """A copy of ``image`` with each face's box, label and (``bars``) probability bars. Returns the same
+        kind as given for numpy (same channel order) and PIL inputs; a BGR array for paths and bytes."""
+        img = _as_color(self.load(image, channel_order)).copy()
+        draw_faces(img, faces, self.classes, bars)
+        if isinstance(image, np.ndarray) and channel_order == "rgb":
+            return np.ascontiguousarray(img[:, :, ::-1])
+        if type(image).__module__.startswith("PIL."):
+            from PIL import Image
+
+            return Image.fromarray(np.ascontiguousarray(img[:, :, ::-1]))
+        return img
+
+    def info(self) -> dict[str, Any]:
+        """Model identity plus the detector and TTA in use."""
+        return {**self.classifier.info(), "detector": self.detector_name, "tta": self.tta}
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+#: BGR colour per emotion, readable on photos.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "angry": (40, 40, 220), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (30, 200, 250),
+    "neutral": (190, 190, 190), "sad": (200, 120, 40), "surprise": (40, 160, 250),
+}
+
+
+def draw_faces(img: np.ndarray, faces: Sequence[Face], classes: Sequence[str], bars: bool = True) -> np.ndarray:
+    """Draw on the (H, W, 3) BGR ``img`` in place: box, "emotion 93%" label, and a panel of probability bars
+    beside the box (right of it, or left when there is no room)."""
+    import cv2
+
+    height, width = img.shape[:2]
+    unit = max(1.0, min(height, width) / 480)  # line widths and fonts grow with the image
+    thick, font = max(1, round(2 * unit)), cv2.FONT_HERSHEY_SIMPLEX
+    fscale = 0.5 * unit
+    for f in faces:
+        x, y, w, h = f.box
+        color = COLORS.get(f.emotion, (0, 255, 0))
+        cv2.rectangle(img, (x, y), (x + w, y + h), color, thick, cv2.LINE_AA)
+        label = f"{f.emotion} {100 * f.confidence:.0f}%"
+        (tw, th), base = cv2.getTextSize(label, font, fscale, thick)
+        ty = y - 4 if y - th - base - 4 >= 0 else min(height - 1, y + h + th + 4)
+        cv2.rectangle(img, (x, ty - th - base), (x + tw + 4, ty + base // 2), color, -1)
+        cv2.putText(img, label, (x + 2, ty - base // 2), font, fscale, (0, 0, 0), thick, cv2.LINE_AA)
+        if not bars:
+            continue
+        bscale, bthick = 0.4 * unit, max(1, round(unit))
+        (nw, nh), _ = cv2.getTextSize("surprise", font, bscale, bthick)
+        row, bar_w = nh + max(3, round(4 * unit)), max(30, round(60 * unit))
+        panel_w = nw + bar_w + 8
+        px = x + w + 6 if x + w + 6 + panel_w <= width else max(0, x - panel_w - 6)
+        py = max(0, min(y, height - row * len(classes)))
+        overlay = img.copy()
+        cv2.rectangle(overlay, (px, py), (px + panel_w, py + row * len(classes) + 2), (0, 0, 0), -1)
+        cv2.addWeighted(overlay, 0.45, img, 0.55, 0, dst=img)
+        for i, c in enumerate(classes):
+            p = float(f.probabilities.get(c, 0.0))
+            yy = py + (i + 1) * row
+            cv2.putText(img, c, (px + 2, yy - 2), font, bscale, (255, 255, 255), bthick, cv2.LINE_AA)
+            bx = px + nw + 6
+            cv2.rectangle(img, (bx, yy - nh), (bx + max(1, round(bar_w * p)), yy - 1), COLORS.get(c, color), -1)
+    return img
+
+
+# ---------------------------------------------------------------------------------------------- one-liners
+
+
+@functools.lru_cache(maxsize=1)
+def _default_recognizer() -> EmotionRecognizer:
+    return EmotionRecognizer()
+
+
+def _largest_face(path: ImageInput) -> Face:
+    faces = _default_recognizer().predict(path)
+    if not faces:
+        raise NoFaceError(f"{path if isinstance(path, str | os.PathLike) else 'image'}: no face found")
+    return max(faces, key=lambda f: f.box[2] * f.box[3])
+
+
+def predict_emotion(path: ImageInput) -> str:
+    """The emotion of the largest face in an image, e.g. ``"happy"``; NoFaceError when there is none."""
+    return _largest_face(path).emotion
+
+
+def detect_emotion(path: ImageInput) -> tuple[str, float]:
+    """(emotion, confidence in percent) of the largest face, e.g. ``("happy", 93.4)``; NoFaceError when none."""
+    face = _largest_face(path)
+    return face.emotion, round(100 * face.confidence, 2)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+#: File suffixes a folder or glob is searched for.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".jfif")
+
+
+def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files, folders (searched recursively for images) and glob patterns -> (image files in order, messages
+    for arguments that matched nothing). A missing file is kept as a file so that reading it reports it."""
+    import glob
+
+    files: list[Path] = []
+    problems: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                problems.append(f"{p}: no image files in this folder")
+            files += found
+        elif p.exists() or not glob.has_magic(str(raw)):
+            files.append(p)
+        else:
+            found = sorted(Path(f) for f in glob.glob(str(raw), recursive=True) if Path(f).is_file())
+            if not found:
+                problems.append(f"{raw}: no file matches")
+            files += found
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f in seen or seen.add(f))]
+    return unique, problems
+
+
+CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "emotion", "confidence")
+
+
+def predictions_csv(rows: Iterable[tuple[str, Sequence[Face]]], classes: Sequence[str]) -> str:
+    """CSV text, one row per face: path, face index, box, emotion, confidence, p_<class>..."""
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_FIELDS, *(f"p_{c}" for c in classes)])
+    for path, faces in rows:
+        for i, f in enumerate(faces):
+            w.writerow([path, i, *f.box, f.emotion, f"{f.confidence:.6f}",
+                        *(f"{f.probabilities[c]:.6f}" for c in classes)])
+    return buf.getvalue()
