@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -90,10 +91,18 @@ class ApiError(Exception):
 
 # ---------------------------------------------------------------------------------------------- schemas
 
-TTAS = ("none", "flip", "crops")
-DETECTORS = ("auto", "haar", "dnn")
 Tta = Literal["none", "flip", "crops"]
-Detector = Literal["auto", "haar", "dnn"]
+
+
+def _detector_names() -> tuple[str, ...]:
+    try:
+        from .faces import list_detectors
+    except ImportError:  # pragma: no cover - only while emolens.faces is being written
+        return ("auto",)
+    return tuple(list_detectors())
+
+
+Detector = Literal[_detector_names()]  # type: ignore[valid-type]  # every detector emolens knows
 
 
 class ErrorDetail(BaseModel):
@@ -148,6 +157,7 @@ class ModelOut(BaseModel):
     sha256: str = Field(description="SHA-256 of the model file")
     accuracy: float | None = Field(description="FER2013 public-test accuracy recorded in the model file")
     metrics: dict[str, Any]
+    stream_smoothing: str = Field(description="how /v1/stream smooths labels per track: temporal, ema or none")
     version: str = Field(description="emolens version")
 
 
@@ -193,13 +203,15 @@ def image_format(data: bytes) -> str | None:
 
 
 def decode_image(data: bytes, limits: Limits, name: str = "image") -> np.ndarray:
-    """Encoded bytes -> (H, W, 3) uint8 BGR, after the cheap checks: size, magic bytes, header dimensions.
+    """Encoded bytes -> (H, W, 3) BGR or (H, W) gray uint8, after the cheap checks: size, magic bytes, header
+    dimensions; then the one decoder of the package (``emolens.predict.decode_bytes``, EXIF orientation applied).
 
     The pixel count is read from the header by PIL's lazy ``Image.open`` (no pixel data decoded), so a
     decompression bomb is refused before it allocates anything.
     """
-    import cv2
     from PIL import Image
+
+    from .predict import ImageError, decode_bytes
 
     if not data:
         raise ApiError(400, "empty_image", f"{name}: empty (0 bytes)")
@@ -212,18 +224,19 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> np.ndarray
     try:
         with Image.open(io.BytesIO(data)) as im:  # lazy: parses the header only
             width, height = im.size
-    except Image.DecompressionBombError:
-        raise ApiError(413, "too_many_pixels", f"{name}: image dimensions too large") from None
+    except Image.DecompressionBombError as e:  # PIL's own guard, far above ours: say what it found
+        raise ApiError(413, "too_many_pixels", f"{name}: {e} (the limit here is {limits.max_pixels})") from None
     except Exception:  # PIL raises many types for broken headers
         raise ApiError(422, "bad_image", f"{name}: unreadable {fmt.upper()} header (truncated or corrupt)") from None
-    if width <= 0 or height <= 0:
-        raise ApiError(422, "bad_image", f"{name}: zero width or height")
     if width * height > limits.max_pixels:
         raise ApiError(413, "too_many_pixels",
                        f"{name}: {width}x{height} = {width * height} pixels, the limit is {limits.max_pixels}")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise ApiError(422, "bad_image", f"{name}: {fmt.upper()} data cannot be decoded (truncated or corrupt)")
+    try:
+        img = decode_bytes(data, name, max_pixels=max(limits.max_pixels, 1))
+    except ImageError as e:
+        raise ApiError(422, "bad_image", str(e)) from None
+    if img.size == 0:
+        raise ApiError(422, "bad_image", f"{name}: zero width or height")
     return img
 
 
@@ -404,10 +417,28 @@ class Engine:
     All methods are blocking (CPU): call them from a worker thread.
     """
 
-    def __init__(self, recognizer: Any):
+    def __init__(self, recognizer: Any, smooth: str = "auto"):
         self.recognizer = recognizer
-        self._detectors: dict[str, Any] = {}
+        self.smooth = smooth
+        self._smoother: Any = None  # template: its (read-only) temporal head is shared by every stream
         self._info: dict[str, Any] | None = None
+
+    def new_video_processor(self):
+        """A fresh tracker + smoother for one live stream (ids start at 1, no history)."""
+        from .video import EmaSmoother, Smoother, TemporalSmoother, VideoProcessor, frame_encoder_for, make_smoother
+
+        if self._smoother is None:
+            self._smoother = make_smoother(self.smooth, frame_encoder_for(self.recognizer), warn=log.warning)
+        # Detect on every frame: frames arrive at the client's pace and some are dropped, so the motion
+        # model has less to go on than in a video file.
+        proc = VideoProcessor(self.recognizer, smooth="none", detect_every=1)
+        t = self._smoother
+        proc.smoother = (TemporalSmoother(t.head) if isinstance(t, TemporalSmoother)
+                         else EmaSmoother(t.alpha) if isinstance(t, EmaSmoother) else Smoother())
+        return proc
+
+    def stream_smoothing(self) -> str:
+        return getattr(self._smoother, "name", self.smooth)
 
     # The recognizer API (emolens.predict) is adapted here so the routes do not depend on its details.
     @property
@@ -422,26 +453,33 @@ class Engine:
             self._info = {"name": info.get("name", ""), "runtime": info.get("runtime", ""),
                           "classes": list(info.get("classes", [])), "sha256": info.get("sha256", ""),
                           "accuracy": None if acc is None or not math.isfinite(float(acc)) else float(acc),
-                          "metrics": _finite(metrics), "version": __version__}
+                          "metrics": _finite(metrics), "stream_smoothing": self.stream_smoothing(),
+                          "version": __version__}
         return self._info
 
     def model_ref(self) -> dict[str, str]:
         info = self.model_info()
         return {"name": info["name"], "sha256": info["sha256"]}
 
-    def predict(self, image: np.ndarray, detector: str | None = None, tta: str | None = None,
-                faces_only: bool = False, max_faces: int = 32) -> list[dict[str, Any]]:
-        """(H, W, 3) BGR -> list of face dicts {box, emotion, confidence, probabilities}."""
-        rec = self.recognizer
-        if faces_only:
-            from .preprocess import preprocess
+    def predict(self, images: list[np.ndarray], detector: str | None = None, tta: str | None = None,
+                faces_only: bool = False, max_faces: int = 32) -> list[list[dict[str, Any]]]:
+        """BGR or gray images -> per image, its faces {box, emotion, confidence, probabilities}, largest
+        ``max_faces`` (in the recognizer's left-to-right order). Bad options or images raise ApiError."""
+        from .faces import DetectorError
+        from .predict import ImageError
 
-            probs = rec.predict_faces(preprocess(image, "bgr")[None], **_opt(tta=tta))
-            h, w = image.shape[:2]
-            return [_face_dict((0, 0, w, h), probs[0], self.classifier.classes)]
-        faces = rec.predict(image, **_opt(tta=tta, detector=detector))
-        faces = sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)[:max_faces]
-        return [_face_out(f) for f in faces]
+        try:
+            per_image = self.recognizer.predict_batch(images, **_opt(tta=tta, detector=detector),
+                                                      detect=False if faces_only else None)
+        except DetectorError as e:
+            raise ApiError(422, "detector_unavailable", str(e)) from None
+        except ImageError as e:
+            raise ApiError(422, "bad_image", str(e)) from None
+        out = []
+        for faces in per_image:
+            keep = {id(f) for f in sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)[:max_faces]}
+            out.append([_face_out(f) for f in faces if id(f) in keep])
+        return out
 
 
 def _opt(**kw: Any) -> dict[str, Any]:
@@ -459,12 +497,6 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _face_dict(box: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    i = int(np.argmax(probs))
-    return {"box": [int(v) for v in box], "emotion": classes[i], "confidence": float(probs[i]),
-            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)}}
-
-
 def _face_out(face: Any) -> dict[str, Any]:
     d = face.to_dict() if hasattr(face, "to_dict") else dict(face)
     return {"box": [int(v) for v in d["box"]], "emotion": str(d["emotion"]), "confidence": float(d["confidence"]),
@@ -472,11 +504,17 @@ def _face_out(face: Any) -> dict[str, Any]:
 
 
 def load_recognizer(model: str | None = None, runtime: str = "auto", detector: str = "auto",
-                    tta: str = "none") -> Any:
-    """The recognizer the server uses (``emolens.predict.EmotionRecognizer``)."""
+                    tta: str = "none", max_pixels: int = 50_000_000) -> Any:
+    """The recognizer the server uses (``emolens.predict.EmotionRecognizer``); one per worker process."""
+    from .faces import DetectorError
     from .predict import EmotionRecognizer
 
-    return EmotionRecognizer(model=model, runtime=runtime, detector=detector, tta=tta)
+    if runtime == "auto" and model is None:
+        runtime = "onnx"
+    try:
+        return EmotionRecognizer(model=model, runtime=runtime, detector=detector, tta=tta, max_pixels=max_pixels)
+    except DetectorError as e:
+        raise ValueError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -485,15 +523,16 @@ def load_recognizer(model: str | None = None, runtime: str = "auto", detector: s
 def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb: float = 10,
                max_pixels: int = 40_000_000, max_batch: int = 16, cors_origins: Sequence[str] = (),
                limits: Limits | None = None, inference_threads: int = 1,
-               recognizer_factory: Callable[[], Any] | None = None):
+               recognizer_factory: Callable[[], Any] | None = None, stream_smoothing: str = "auto"):
     """The FastAPI app. ``recognizer`` None loads the shipped model at startup (``recognizer_factory`` to
     load another); ``api_key`` set = every ``/v1`` call needs header ``X-API-Key``; ``cors_origins`` empty =
-    no cross-origin reads. ``inference_threads`` bounds concurrent model calls in this process."""
+    no cross-origin reads. ``inference_threads`` bounds concurrent model calls in this process;
+    ``stream_smoothing`` (auto | temporal | ema | none) labels the live stream's tracks."""
     if limits is None:
         limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_pixels),
                         max_batch=int(max_batch))
     api_key = api_key or None
-    state: dict[str, Any] = {"engine": Engine(recognizer) if recognizer is not None else None}
+    state: dict[str, Any] = {"engine": Engine(recognizer, stream_smoothing) if recognizer is not None else None}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -501,9 +540,11 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
 
         if state["engine"] is None:
             factory = recognizer_factory or load_recognizer
-            state["engine"] = Engine(await anyio.to_thread.run_sync(factory))
+            state["engine"] = Engine(await anyio.to_thread.run_sync(factory), stream_smoothing)
         state["limiter"] = anyio.CapacityLimiter(inference_threads)
-        await anyio.to_thread.run_sync(state["engine"].model_info)  # hashes the model file once, off the loop
+        # Off the event loop, once: hash the model file, load the temporal head for streams.
+        await anyio.to_thread.run_sync(state["engine"].new_video_processor)
+        await anyio.to_thread.run_sync(state["engine"].model_info)
         yield
 
     app = FastAPI(title="emolens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -589,7 +630,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
 
         def work() -> dict[str, Any]:
             img = decode_image(data, limits, name)
-            faces = eng.predict(img, detector, tta, faces_only, limits.max_faces)
+            (faces,) = eng.predict([img], detector, tta, faces_only, limits.max_faces)
             return {"faces": faces, "image": {"width": img.shape[1], "height": img.shape[0]}}
 
         out = await in_thread(work)
@@ -606,18 +647,19 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         eng = engine()
 
         def work() -> list[dict[str, Any]]:
-            decoded = [(name, decode_image(data, limits, name)) for name, data in images]  # all checked first
-            return [{"faces": eng.predict(img, detector, tta, faces_only, limits.max_faces),
-                     "image": {"width": img.shape[1], "height": img.shape[0]}} for _, img in decoded]
+            decoded = [decode_image(data, limits, name) for name, data in images]  # all checked first
+            faces = eng.predict(decoded, detector, tta, faces_only, limits.max_faces)  # crops batched together
+            return [{"faces": f, "image": {"width": img.shape[1], "height": img.shape[0]}}
+                    for f, img in zip(faces, decoded, strict=True)]
 
         results = await in_thread(work)
         return {"results": results, "model": eng.model_ref(),
                 "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     @app.websocket("/v1/stream")
-    async def stream(ws: WebSocket, detector: str | None = None, tta: str | None = None) -> None:
+    async def stream(ws: WebSocket) -> None:
         await _stream(ws, engine_getter=engine, in_thread=in_thread, api_key=api_key, limits=limits,
-                      detector=detector, tta=tta, cors_origins=cors_origins)
+                      cors_origins=cors_origins)
 
     # ---- docs and web page, all from the package (no CDN)
     docs_static = _swagger_static_dir()
@@ -679,8 +721,8 @@ def _same_origin(ws, cors_origins: Sequence[str]) -> bool:
     return urlsplit(origin).netloc == ws.headers.get("host", "")
 
 
-async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: Limits, detector: str | None,
-                  tta: str | None, cors_origins: Sequence[str]) -> None:
+async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: Limits,
+                  cors_origins: Sequence[str]) -> None:
     """One live session: a receiver keeps only the newest frame, a processor answers it.
 
     Protocol: server sends ``{"type": "ready"}``; client sends JPEG frames as binary messages (and, when
@@ -690,10 +732,6 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
     """
     if not _same_origin(ws, cors_origins):
         await ws.close(code=1008, reason="cross-origin websocket refused")
-        return
-    if detector not in (None, *DETECTORS) or tta not in (None, *TTAS):
-        await ws.accept()
-        await ws.close(code=1008, reason="invalid detector or tta")
         return
     await ws.accept()
     try:
@@ -716,7 +754,7 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
             await ws.close(code=1008, reason="no API key received")
         return
 
-    session = _StreamSession(eng, limits, detector, tta)
+    session = _StreamSession(eng, limits)
     latest: list[tuple[int, bytes]] = []  # at most one pending frame
     wake = asyncio.Event()
     counters = {"received": 0, "dropped": 0}
@@ -770,14 +808,15 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
 
 
 class _StreamSession:
-    """Per-connection state: the face tracker (ids stable across frames) and optional temporal smoothing."""
+    """Per-connection state: ``emolens.video.VideoProcessor`` (face tracker with stable ids, per-track
+    smoothing by the temporal model when one fits the image model, else an EMA)."""
 
-    def __init__(self, engine: Engine, limits: Limits, detector: str | None, tta: str | None):
-        self.engine, self.limits, self.detector, self.tta = engine, limits, detector, tta
-        self.tracker = _make_tracker(engine)
+    def __init__(self, engine: Engine, limits: Limits):
+        self.engine, self.limits = engine, limits
+        self.processor = engine.new_video_processor()
 
     def reset(self) -> None:
-        self.tracker = _make_tracker(self.engine)
+        self.processor = self.engine.new_video_processor()
 
     def process(self, data: bytes) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -785,28 +824,9 @@ class _StreamSession:
             img = decode_image(data, self.limits, "frame")
         except ApiError as e:
             return {"type": "error", "error": {"code": e.code, "message": e.message}}
-        faces = self.engine.predict(img, self.detector, self.tta, False, self.limits.max_faces)
-        faces = self.tracker.update(faces)
+        faces = [_face_out(f) | {"track_id": int(f.track_id)} for f in self.processor.process(img)]
         return {"type": "result", "width": img.shape[1], "height": img.shape[0], "faces": faces,
                 "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
-
-
-def _make_tracker(engine: Engine):
-    return _IouTracker()
-
-
-class _IouTracker:
-    """Placeholder until emolens.video's tracker is wired in."""
-
-    def __init__(self) -> None:
-        self.next_id = 1
-
-    def update(self, faces: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for f in faces:
-            out.append({"track_id": self.next_id, **f})
-            self.next_id += 1
-        return out
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -825,13 +845,15 @@ class ServeOptions:
     max_batch: int = 16
     cors_origins: tuple[str, ...] = ()
     inference_threads: int = 1
+    smooth: str = "auto"
 
 
 def _app_from_options(opts: ServeOptions, api_key: str | None, recognizer: Any = None):
     return create_app(recognizer=recognizer, api_key=api_key, max_upload_mb=opts.max_upload_mb,
                       max_pixels=opts.max_pixels, max_batch=opts.max_batch, cors_origins=opts.cors_origins,
-                      inference_threads=opts.inference_threads,
-                      recognizer_factory=lambda: load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta))
+                      inference_threads=opts.inference_threads, stream_smoothing=opts.smooth,
+                      recognizer_factory=lambda: load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta,
+                                                                 opts.max_pixels))
 
 
 def app_from_env():
@@ -843,6 +865,37 @@ def app_from_env():
 
 def is_local_host(host: str) -> bool:
     return host in LOCAL_HOSTS or host.startswith("127.")
+
+
+def server_settings(limits: Limits | None = None, **overrides: Any) -> dict[str, Any]:
+    """uvicorn settings that bound what one client can hold: idle keep-alive connections close after 5 s,
+    websocket messages are capped at the upload limit, and past 256 open connections new ones get a 503.
+    (Request bodies and websocket silences have their own timeouts in the app: ``Limits``.)"""
+    limits = limits or Limits()
+    kw: dict[str, Any] = dict(log_level="info", timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                              ws_max_size=limits.max_upload_bytes + 1024, limit_concurrency=256, server_header=False)
+    kw.update(overrides)
+    return kw
+
+
+def server_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **overrides: Any):
+    """A ``uvicorn.Config`` for ``app`` with :func:`server_settings` (used by ``serve`` and the tests)."""
+    import uvicorn
+
+    limits = getattr(getattr(app, "state", None), "limits", None)
+    return uvicorn.Config(app, host=host, port=port, **server_settings(limits, **overrides))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, api_key: str | None = None,
@@ -857,16 +910,150 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, api_key: 
                          f"{API_KEY_ENV}), or bind to 127.0.0.1")
     if workers < 1:
         raise ValueError("--workers must be at least 1")
+    _check_port_free(host, port)
     # Load once here so a bad model fails now, in one line, not inside each worker.
-    recognizer = load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta)
-    limits = Limits(max_upload_bytes=int(opts.max_upload_mb * 1024 * 1024))
-    common = dict(host=host, port=port, log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=5,
-                  ws_max_size=limits.max_upload_bytes + 1024, limit_concurrency=256, server_header=False)
+    recognizer = load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta, opts.max_pixels)
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    print(f"emolens {__version__}: web page http://{shown}:{port}/  API docs http://{shown}:{port}/docs"
+          + ("  (API key required)" if api_key else ""), file=sys.stderr, flush=True)
     if workers == 1:
-        uvicorn.run(_app_from_options(opts, api_key, recognizer), **common)
+        app = _app_from_options(opts, api_key, recognizer)
+        uvicorn.Server(server_config(app, host, port, log_level=log_level)).run()
         return
     del recognizer  # each worker process loads its own
     os.environ[OPTIONS_ENV] = json.dumps(asdict(opts))
     if api_key:
         os.environ[API_KEY_ENV] = api_key
-    uvicorn.run("emolens.serve:app_from_env", factory=True, workers=workers, **common)
+    limits = Limits(max_upload_bytes=int(opts.max_upload_mb * 1024 * 1024))
+    uvicorn.run("emolens.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                **server_settings(limits, log_level=log_level))
+
+
+# ---------------------------------------------------------------------------------------------- load test
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_server(args: Sequence[str] = (), timeout_s: float = 120.0, env: dict[str, str] | None = None):
+    """``emolens serve ARGS`` in a subprocess on a free localhost port; yields its base URL, stops it after."""
+    import subprocess
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "emolens", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", *args]
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    err.seek(0)
+                    tail = err.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+                    raise RuntimeError(f"the server exited with code {proc.returncode}: {' | '.join(tail)}")
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not answer /healthz within {timeout_s:g} s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def bench_image(path: str | None = None) -> tuple[bytes, str]:
+    """The image the load test sends: ``path``, else the packaged astronaut photo (512x512, one face)."""
+    path = path or str(Path(__file__).with_name("assets") / "astronaut.jpg")
+    data = Path(path).read_bytes()
+    if image_format(data) is None:
+        raise ValueError(f"{path}: not a JPEG, PNG, BMP or WebP image")
+    return data, Path(path).name
+
+
+async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint: str,
+                params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=headers) as client:
+        warm = await client.post(endpoint, params=params, files={"file": ("bench.jpg", payload, "image/jpeg")})
+        if warm.status_code != 200:
+            raise RuntimeError(f"{url}{endpoint} answered {warm.status_code}: {warm.text[:200]}")
+        body = warm.json()
+        faces = len(body["faces"]) if "faces" in body else sum(len(r["faces"]) for r in body["results"])
+        deadline = time.perf_counter() + seconds
+
+        async def client_loop() -> None:
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                try:
+                    r = await client.post(endpoint, params=params,
+                                          files={"file": ("bench.jpg", payload, "image/jpeg")})
+                    kind = None if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    kind = type(e).__name__
+                if kind is None:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors[kind] = errors.get(kind, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"url": url, "endpoint": endpoint, "clients": clients, "seconds": round(elapsed, 2),
+            "requests": len(latencies) + sum(errors.values()), "ok": len(latencies), "errors": sum(errors.values()),
+            "error_kinds": errors, "requests_per_s": round(len(latencies) / elapsed, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_ms": round(float(lat.mean()), 1),
+            "faces_per_image": faces}
+
+
+def bench_serve(url: str | None = None, clients: int = 16, seconds: float = 10.0, image: str | None = None,
+                server_args: Sequence[str] = (), api_key: str | None = None, params: dict[str, Any] | None = None,
+                endpoint: str = "/v1/predict") -> dict[str, Any]:
+    """Load test: ``clients`` concurrent clients POST an image for ``seconds`` against ``url`` (default: a
+    local ``emolens serve`` started for the run); returns requests/s, p50/p95/p99 latency (ms), errors."""
+    if clients < 1 or seconds <= 0:
+        raise ValueError("--clients must be >= 1 and --seconds > 0")
+    payload, what = bench_image(image)
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    headers = {"X-API-Key": api_key} if api_key else {}
+    with contextlib.ExitStack() as stack:
+        if url is None:
+            url = stack.enter_context(local_server(server_args))
+            where = "local server (same machine as the clients)"
+        else:
+            where = url
+        result = asyncio.run(_load(url.rstrip("/"), clients, seconds, payload, endpoint, params or {}, headers))
+    result.update(image=what, image_bytes=len(payload), server=where)
+    return result
+
+
+def format_bench(r: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{k}: {v}" for k, v in r["error_kinds"].items()) or "none"
+    return (f"{r['endpoint']} on {r['server']}: {r['clients']} clients for {r['seconds']} s, image {r['image']}\n"
+            f"  requests {r['requests']}  ok {r['ok']}  errors {r['errors']} ({kinds})\n"
+            f"  throughput {r['requests_per_s']} requests/s\n"
+            f"  latency ms  p50 {r['p50_ms']}  p95 {r['p95_ms']}  p99 {r['p99_ms']}  mean {r['mean_ms']}")
