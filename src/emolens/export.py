@@ -47,17 +47,40 @@ def _load(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def onnx_bytes(model, opset: int = DEFAULT_OPSET, input_size: int = 48) -> bytes:
-    """The ONNX graph of ``model`` (B, 1, S, S) float32 -> (B, 7) logits, batch axis dynamic."""
+    """The ONNX graph of ``model`` (B, 1, S, S) float32 -> (B, 7) logits, batch axis dynamic; an image model
+    with ``forward_head``/``fc`` also outputs ``embedding`` (B, D) (``forward_head(pre_logits=True)``), which
+    the temporal model reads (emolens.temporal), at no extra cost: the logits are computed from it."""
     import torch
 
     model = model.eval().float().cpu()
     x = torch.zeros(2, 1, input_size, input_size)
+    names, axes = ["logits"], {"input": {0: "batch"}, "logits": {0: "batch"}}
+    if hasattr(model, "forward_head") and hasattr(model, "fc") and getattr(model, "input_kind", "image") == "image":
+        model = _WithEmbedding(model)
+        names.append("embedding")
+        axes["embedding"] = {0: "batch"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=names,
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
         return out.read_bytes()
+
+
+def _WithEmbedding(model):  # noqa: N802 - a class factory, so torch is imported only when exporting
+    import torch
+
+    class WithEmbedding(torch.nn.Module):
+        """(B, 1, S, S) -> ((B, 7) logits, (B, D) embedding)."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            z = self.m.forward_head(self.m.forward_features(x), pre_logits=True)
+            return self.m.fc(z), z
+
+    return WithEmbedding(model).eval()
 
 
 def _metadata(ckpt: dict[str, Any], source_sha256: str, extra: dict[str, Any] | None = None) -> dict[str, str]:
