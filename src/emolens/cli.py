@@ -260,24 +260,24 @@ def _add_evaluate(sub) -> None:
                                    "already; no face detection). Prints the classification report and writes "
                                    "metrics.json, predictions.csv, plots, a self-contained report.html and "
                                    "report.xlsx. Give --model twice to compare two models on the same images "
-                                   "(side by side, with McNemar's paired test).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "(side by side, with McNemar's paired test).")
     p.add_argument("--data", default=None,
                    help="Kaggle folder or .zip, fer2013.csv or <class>/ folder "
                         "(default: $EMOLENS_FER2013, else ../shared/data/fer2013.zip)")
     p.add_argument("--split", default="public", metavar="SPLIT",
-                   help="public (val), private (test), train or all")
+                   help="public (val; the default), private (test), train or all")
     p.add_argument("--model", action="append", default=None, metavar="PATH",
                    help=".onnx or .pt model (default: the shipped model); repeat to compare models")
     p.add_argument("--sha256", action="append", default=None, metavar="HEX",
                    help="expected sha256 of each --model, in the same order; a mismatch is an error")
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
+    p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip",
+                   help="test-time augmentation: none, flip (default: the face and its mirror) or crops (10 views)")
     p.add_argument("--out", default=None,
                    help="new or empty folder for the outputs (default: runs/evaluate/<time>; never overwritten)")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
-                   help="auto: ONNX Runtime for .onnx, torch for .pt")
+                   help="auto (default): ONNX Runtime for .onnx, torch for .pt")
     p.add_argument("--device", default="auto", help="torch runtime: auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (default: 256)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
 
 

@@ -413,7 +413,12 @@ def write_evaluation_html(models: list[dict[str, Any]], comparisons: list[dict[s
         out.append("<h3>Model identity</h3><table>")
         for k in ("name", "file", "sha256", "runtime"):
             out.append(f"<tr><td>{k}</td><td><code>{e(str(ident.get(k, '')))}</code></td></tr>")
-        out.append(f"<tr><td>device</td><td>{e(m['device'])}</td></tr></table>")
+        out.append(f"<tr><td>device</td><td>{e(m['device'])}</td></tr>")
+        if ident.get("twin"):
+            tw = ident["twin"]
+            out.append(f"<tr><td>ONNX/checkpoint pair</td><td><code>{e(tw['onnx'])}</code> "
+                       f"{'was' if tw['match'] else 'was NOT'} exported from <code>{e(tw['pt'])}</code></td></tr>")
+        out.append(f"<tr><td>epochs in training log</td><td>{ident.get('epochs_logged', 0)}</td></tr></table>")
         extra = {k: ident[k] for k in ("config", "metrics", "kwargs", "metadata") if ident.get(k)}
         if extra:
             out.append("<details><summary>configuration and metrics recorded in the model</summary>"
