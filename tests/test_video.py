@@ -5,9 +5,6 @@ zero-length, no faces, a stream that stops mid-way)."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +16,7 @@ from emolens.video import (
     EmaSmoother,
     StreamTracker,
     Tracker,
-    VideoError,
     iou_matrix,
-    open_capture,
     process_video,
     synthetic_face_video,
 )
@@ -114,3 +109,202 @@ def test_ema_smoother_per_track():
     np.testing.assert_allclose(q, 0.75 * a + 0.25 * b)
     with pytest.raises(ValueError):
         EmaSmoother(0)
+
+
+def test_tracks_move_between_detection_rounds():
+    tr = Tracker()
+    tr.step([(0, 0, 40, 40)])
+    tr.step([(5, 0, 40, 40)])
+    seen = tr.step(None)  # the detector skipped this frame: the track moves on by its velocity
+    assert len(seen) == 1 and not seen[0].detected
+    np.testing.assert_allclose(seen[0].box[:2], [10, 0], atol=1e-6)
+
+
+def test_tentative_track_from_a_false_positive_never_shows():
+    tr = Tracker(min_hits=2)
+    assert len(tr.step([(0, 0, 40, 40)])) == 1  # found on the first round: shown at once
+    seen = tr.step([(0, 0, 40, 40), (300, 300, 40, 40)])  # a new, tentative detection
+    assert [t.id for t in seen] == [1]
+    tr.step([(0, 0, 40, 40)])  # the tentative one is not seen again: it ends, never shown
+    assert [t.id for t in tr.tracks] == [1] and tr.ended == [2]
+    tr.step([(0, 0, 40, 40), (300, 300, 40, 40)])
+    seen = tr.step([(0, 0, 40, 40), (302, 300, 40, 40)])  # twice in a row: confirmed
+    assert [t.id for t in seen] == [1, 3]
+
+
+# ---------------------------------------------------------------------------------------------- video files
+
+
+def _count_frames(path) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory):
+    """A small random-weight cnn_lstm checkpoint: the pipeline is under test, not the model's accuracy."""
+    import torch
+
+    from emolens.checkpoint import make_checkpoint, save_checkpoint
+    from emolens.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "image.pt"
+    save_checkpoint(make_checkpoint(create_model("cnn_lstm", widths=(8, 16, 32, 64)).eval()), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """40 frames, 640x480, 30 fps: the astronaut photo panned and zoomed (one face)."""
+    return synthetic_face_video(tmp_path_factory.mktemp("clip") / "astronaut.avi", frames=40)
+
+
+def _run(*argv) -> int:
+    from emolens.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_video_end_to_end(clip, image_model, tmp_path, capsys):
+    out, table, plot = tmp_path / "out.mp4", tmp_path / "t.csv", tmp_path / "t.png"
+    rc = _run("video", clip, "-o", out, "--csv", table, "--plot", plot, "--model", image_model, "--smooth", "ema",
+              "--no-progress")
+    assert rc == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "40 frames, 1 track(s), 40 rows" in stdout and "real time" in stdout
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_COLUMNS
+    assert [int(r["frame"]) for r in rows] == list(range(40))  # one row per frame: one face, always tracked
+    assert {r["track_id"] for r in rows} == {"1"}
+    assert float(rows[30]["time_s"]) == pytest.approx(1.0)
+    for r in rows:
+        assert sum(float(r[f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=2e-3)
+        assert r["emotion"] in CLASSES and int(r["w"]) > 60
+    # detection ran every 3rd frame, the tracker carried the box in between
+    assert [r["detected"] for r in rows[:6]] == ["1", "0", "0", "1", "0", "0"]
+    assert _count_frames(out) == 40
+    assert plot.stat().st_size > 10_000
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_video_with_temporal_model(clip, image_model, tmp_path):
+    """--smooth temporal with a (untrained) temporal head built on the image model: the LSTM runs per track,
+    through its ONNX export, on embeddings from the torch image model."""
+    import torch
+
+    from emolens.checkpoint import load_model
+    from emolens.models import create_model
+    from emolens.temporal import save_temporal_model
+    from emolens.video import VideoProcessor
+
+    img, ckpt = load_model(image_model)
+    torch.manual_seed(0)
+    tm = create_model("temporal_lstm", encoder="cnn_lstm", encoder_kwargs=ckpt["model"]["kwargs"], num_frames=8)
+    tm.encoder.load_state_dict(img.state_dict())
+    pt, onnx_path = save_temporal_model(tm, image_model, tmp_path / "temporal.pt")
+    for head in (pt, onnx_path):
+        proc = VideoProcessor(model=str(image_model), runtime="torch", smooth="temporal", temporal_model=str(head))
+        res = process_video(str(clip), None, tmp_path / "t.csv", processor=proc, max_frames=12, progress=False)
+        assert res.smoothing == "temporal" and res.rows == 12
+        assert len(proc.smoother.state[1]) == 8  # the window: the last 8 embeddings of track 1
+
+
+def test_video_no_faces(tmp_path, image_model, capsys):
+    import cv2
+
+    from emolens.video import _AtomicVideoWriter
+
+    src = tmp_path / "empty_room.avi"
+    w = _AtomicVideoWriter(src, 25.0, (320, 240))
+    yy, xx = np.mgrid[0:240, 0:320]
+    for i in range(15):
+        w.write(cv2.cvtColor(((xx + 4 * i) % 256).astype(np.uint8), cv2.COLOR_GRAY2BGR))
+    w.close()
+    out, table = tmp_path / "out.avi", tmp_path / "t.csv"
+    assert _run("video", src, "-o", out, "--csv", table, "--model", image_model, "--no-progress") == 0
+    captured = capsys.readouterr()
+    assert "no faces found in 15 frames" in captured.err
+    assert "15 frames, 0 track(s), 0 rows" in captured.out
+    assert table.read_text().strip() == ",".join(CSV_COLUMNS)
+    assert _count_frames(out) == 15
+
+
+def test_truncated_avi_keeps_what_was_read(clip, image_model, tmp_path, capsys):
+    """A stream that stops half-way (an MJPG .avi cut in half): the run ends cleanly, says so, and the
+    output holds every frame that was read and plays."""
+    cut = tmp_path / "cut.avi"
+    data = Path(clip).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    out, table = tmp_path / "out.mp4", tmp_path / "t.csv"
+    assert _run("video", cut, "-o", out, "--csv", table, "--model", image_model, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "ended after" in err and "of 40 frames" in err
+    n = len(table.read_text().strip().splitlines()) - 1
+    assert 5 < n < 40
+    assert _count_frames(out) == n
+
+
+def test_truncated_mp4_is_a_clear_error(clip, image_model, tmp_path, capsys):
+    """An .mp4 cut short loses its index (written last): it cannot be opened at all."""
+    mp4 = synthetic_face_video(tmp_path / "v.mp4", frames=10)
+    data = mp4.read_bytes()
+    mp4.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.mp4"
+    assert _run("video", mp4, "-o", out, "--model", image_model, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "cannot open as a video" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "no_frames", "missing", "not_a_video", "folder"])
+def test_bad_video_inputs(kind, tmp_path, image_model, capsys):
+    import cv2
+
+    path = tmp_path / "in.avi"
+    if kind == "zero_bytes":
+        path.write_bytes(b"")
+        expect = "empty file"
+    elif kind == "no_frames":  # a valid container with zero frames
+        cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48)).release()
+        expect = "no frames could be read"
+    elif kind == "missing":
+        expect = "no such file"
+    elif kind == "not_a_video":
+        path.write_text("hello, not a video\n" * 100)
+        expect = "cannot open as a video"
+    else:
+        path.mkdir()
+        expect = "is a folder"
+    out = tmp_path / "out.mp4"
+    assert _run("video", path, "-o", out, "--csv", tmp_path / "t.csv", "--model", image_model) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expect in err and len(err.splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "t.csv").exists()
+
+
+def test_webcam_without_display_points_to_serve(clip, image_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert _run("webcam", "--source", clip, "--model", image_model) == 2
+    err = capsys.readouterr().err
+    assert "emolens serve" in err and len(err.strip().splitlines()) == 1
+    # with --record it runs headless and stores only what it was asked to
+    rec = tmp_path / "rec.mp4"
+    assert _run("webcam", "--source", clip, "--record", rec, "--max-frames", 10, "--model", image_model) == 0
+    assert _count_frames(rec) == 10
+
+
+def test_bench_video_reports_the_ratio(clip, image_model):
+    from emolens.video import bench_video
+
+    res = bench_video(str(clip), frames=20, model=str(image_model), runtime="torch", smooth="ema")
+    assert res["frames"] == 20 and res["tracks"] == 1 and res["video_fps"] == 30
+    assert res["realtime_ratio"] == pytest.approx(res["processing_fps"] / 30, abs=0.01)

@@ -1065,7 +1065,11 @@ def load_temporal_model(path: str | Path, image_model: str | Path | None = None,
         enc, _ = load_model(image_model, "cpu")
         if getattr(enc, "model_name", "") != ref["name"]:
             raise CheckpointError(f"{path}: built on a {ref['name']} image model, {image_model} is {enc.model_name}")
-        model.encoder.load_state_dict(enc.state_dict())
+        try:
+            model.encoder.load_state_dict(enc.state_dict())
+        except RuntimeError:
+            raise CheckpointError(f"{path}: built on another image model than {image_model} (other layer sizes); "
+                                  "train one for it with `emolens train --task sequence`") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
         raise CheckpointError(f"{path}: weights do not fit temporal_lstm (missing {missing[:3]}, "

@@ -319,8 +319,10 @@ def frame_encoder_for(recognizer) -> Any:
 
 
 def make_smoother(smooth: str, encoder, temporal_model: str | None = None, ema: float = 0.3,
-                  warn: Callable[[str], None] | None = None) -> Smoother:
-    """``smooth`` temporal | ema | none | auto (temporal when a temporal model fits the image model, else EMA)."""
+                  warn: Callable[[str], None] | None = None, image_model: str | Path | None = None) -> Smoother:
+    """``smooth`` temporal | ema | none | auto (temporal when a temporal model fits the image model, else EMA).
+    ``image_model``: the image checkpoint a ``.pt`` temporal model is loaded with (the encoder's file)."""
+    from .checkpoint import CheckpointError
     from .runtime import ModelError
     from .temporal import OnnxTemporalHead, TorchTemporalHead, check_probe, default_temporal_path
 
@@ -334,10 +336,12 @@ def make_smoother(smooth: str, encoder, temporal_model: str | None = None, ema: 
         if encoder is None:
             raise ModelError("the image model gives no embeddings (export it again with `emolens export`)")
         path = Path(temporal_model) if temporal_model else default_temporal_path("onnx")
+        if smooth == "auto" and not temporal_model and not path.is_file():
+            return EmaSmoother(ema)  # no temporal model shipped: the summary line says which smoothing ran
         if path.suffix == ".pt":
             from .temporal import load_temporal_model
 
-            model, ckpt = load_temporal_model(path)
+            model, ckpt = load_temporal_model(path, image_model if Path(str(image_model)).suffix == ".pt" else None)
             head = TorchTemporalHead(model, meta=ckpt)
             probe = ckpt["encoder"]["probe"]
         else:
@@ -348,7 +352,7 @@ def make_smoother(smooth: str, encoder, temporal_model: str | None = None, ema: 
         if len(probe):
             check_probe(encoder, np.asarray(probe, np.float32), str(path))
         return TemporalSmoother(head)
-    except ModelError as e:
+    except (ModelError, CheckpointError) as e:
         if smooth == "temporal":
             raise
         if warn:
@@ -365,13 +369,14 @@ class VideoProcessor:
 
     def __init__(self, recognizer=None, *, model: str | None = None, runtime: str = "auto", detector: str = "auto",
                  smooth: str = "auto", temporal_model: str | None = None, ema: float = 0.3, detect_every: int = 3,
-                 detect_width: int = 320, max_misses: int = 5, min_hits: int = 2, max_faces: int = 20,
+                 detect_width: int = 320, max_misses: int = 5, min_hits: int = 3, max_faces: int = 20,
                  warn: Callable[[str], None] | None = None):
         if detect_every < 1:
             raise ValueError("detect_every must be at least 1")
         self.recognizer = recognizer if recognizer is not None else _recognizer(model, runtime, detector)
         self.encoder = frame_encoder_for(self.recognizer)
-        self.smoother = make_smoother(smooth, self.encoder, temporal_model, ema, warn)
+        self.smoother = make_smoother(smooth, self.encoder, temporal_model, ema, warn,
+                                      getattr(self.recognizer.classifier, "path", None))
         self.tracker = Tracker(max_misses=max_misses, min_hits=min_hits)
         self.detect_every = detect_every
         self.detect_width = detect_width
@@ -502,6 +507,9 @@ def _is_url(source: str) -> bool:
 
 def open_capture(source: str | int):
     """``cv2.VideoCapture`` for a file, URL or camera index; VideoError when it does not open."""
+    # FFmpeg's own messages ("moov atom not found") would follow our one-line error; quiet unless the user
+    # asked for a level (read once, when OpenCV first loads FFmpeg)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     if isinstance(source, str) and not _is_url(source) and not source.isdigit():
@@ -720,10 +728,11 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
         expected = expected if expected > 0 else 0
         if max_frames:
             expected = min(expected, max_frames) if expected else 0
-        proc = processor or VideoProcessor(warn=log, **processor_kwargs)
         ok, frame = cap.read()
         if not ok or frame is None:
             raise VideoError(f"{source}: no frames could be read (a zero-length, damaged or unsupported video)")
+        proc = processor or VideoProcessor(warn=log, **processor_kwargs)
+        t_start = time.perf_counter()  # processing speed: model loading is not part of it
         if not fps_known:
             log(f"note: {source} does not state a usable frame rate; assuming {fps:g} fps for times")
         h, w = frame.shape[:2]
