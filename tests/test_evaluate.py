@@ -469,3 +469,19 @@ def test_chunked_prediction_with_progress_gives_the_same_numbers(models):
     faces = np.random.default_rng(1).integers(0, 256, (1100, 48, 48), dtype=np.uint8)
     np.testing.assert_allclose(_predict(clf, faces, "flip", 256, progress=True),
                                clf.predict_proba(faces, tta="flip"), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_shipped_model_on_real_publictest_matches_its_training_log(fer_zip_path, tmp_path):
+    """The shipped model's PublicTest accuracy recomputed here equals the one the training loop recorded
+    (same split, same flip TTA; the shipped weights are fp16-rounded, so allow 2 images of 3,589)."""
+    from emolens.runtime import default_model_path
+
+    if not default_model_path("onnx").is_file():
+        pytest.skip("the shipped model is not installed")
+    m = evaluate(fer_zip_path, "public", None, tta="flip", out=tmp_path / "real")
+    assert m["count"] == 3589 and m["runtime"] == "onnx"
+    recorded = m["model"]["metrics"]["public_acc_flip"]
+    assert abs(m["accuracy"] - recorded) * 3589 <= 2
+    assert m["top2_accuracy"] > m["accuracy"] > m["balanced_accuracy"] > 1 / 7
+    assert (tmp_path / "real" / "report.html").stat().st_size < 3_000_000

@@ -363,7 +363,8 @@ def _select_split(ds, split: str, data: Any):
     if len(sub) == 0:
         present = ", ".join(f"{name} ({int((ds.splits == i).sum())} images)" for i, name in enumerate(SPLITS)
                             if (ds.splits == i).any())
-        raise EvaluateError(f"{data}: no labelled images in split {split!r}; splits present: {present}")
+        raise EvaluateError(f"{data}: no labelled images in split {split!r}; splits present: {present} "
+                            "(--split all evaluates every image)")
     return sub
 
 
