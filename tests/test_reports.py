@@ -96,7 +96,7 @@ def test_html_report_with_comparison(tmp_path):
     assert_self_contained(html)
     assert "Comparison: A vs B" in html and "McNemar" in html
     assert f"p = {comp['mcnemar']['p_value']:.4g}" in html
-    assert html.count("<figure>") == 10
+    assert html.count("<figure") == 10 and html.count("<figure class=\"wide\">") == 2  # the two bar charts
 
 
 def test_xlsx_report_opens_and_holds_the_numbers(tmp_path):

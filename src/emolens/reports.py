@@ -320,7 +320,8 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-
 th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}th:first-child,td:first-child{text-align:left}
 th{background:#f4f6f8}tr.total td{font-weight:600;background:#fafafa}
 .pos{color:#11772d}.neg{color:#b3261e}.verdict{padding:.5rem .8rem;background:#f4f6f8;border-left:4px solid #888}
-figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:1rem;align-items:start}
+figure{margin:0}figure.wide{grid-column:1/-1}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem}pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:.8rem}
 code{background:#f6f8fa;padding:0 .2rem}
 """
@@ -342,12 +343,17 @@ def write_evaluation_html(models: list[dict[str, Any]], comparisons: list[dict[s
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    def signed(x: float) -> str:
-        return f'<span class="{"pos" if x > 0 else "neg" if x < 0 else ""}">{100 * x:+.1f}</span>'
+    def signed(x: float, lower_is_better: bool = False) -> str:
+        good = -x if lower_is_better else x
+        return f'<span class="{"pos" if good > 0 else "neg" if good < 0 else ""}">{100 * x:+.1f}</span>'
 
-    def img(name: str, alt: str) -> str:
-        data = base64.b64encode((Path(folder) / name).read_bytes()).decode("ascii")
-        return f'<img alt="{e(alt)}" src="data:image/png;base64,{data}">'
+    def figure(name: str, caption: str) -> str:
+        raw = (Path(folder) / name).read_bytes()
+        width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")  # PNG IHDR
+        wide = ' class="wide"' if height and width / height > 1.6 else ""  # bar charts, curves: full row
+        data = base64.b64encode(raw).decode("ascii")
+        return (f'<figure{wide}><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(caption)}</figcaption></figure>")
 
     first = models[0]
     d = first["data"]
@@ -382,7 +388,7 @@ def write_evaluation_html(models: list[dict[str, Any]], comparisons: list[dict[s
                    "(points)</th></tr>")
         for k, name in keys:
             out.append(f"<tr><td>{e(name)}</td><td>{pct(a[k])}</td><td>{pct(b[k])}</td>"
-                       f"<td>{signed(comp['difference'][k])}</td></tr>")
+                       f"<td>{signed(comp['difference'][k], lower_is_better=k == 'ece')}</td></tr>")
         for c, diff in comp["recall_difference"].items():
             out.append(f"<tr><td>recall {e(c)}</td><td>{pct(a['per_class'][c]['recall'])}</td>"
                        f"<td>{pct(b['per_class'][c]['recall'])}</td><td>{signed(diff)}</td></tr>")
@@ -408,8 +414,9 @@ def write_evaluation_html(models: list[dict[str, Any]], comparisons: list[dict[s
                        f'<td>{pct(m[p + "_recall"])}</td><td>{pct(m[p + "_f1"])}</td><td>{m["count"]}</td>'
                        "<td></td></tr>")
         out.append("</table>")
-        for caption, name in figs:
-            out.append(f"<figure>{img(name, caption)}<figcaption>{e(caption)}</figcaption></figure>")
+        out.append('<div class="figs">')
+        out += [figure(name, caption) for caption, name in figs]
+        out.append("</div>")
         out.append("<h3>Model identity</h3><table>")
         for k in ("name", "file", "sha256", "runtime"):
             out.append(f"<tr><td>{k}</td><td><code>{e(str(ident.get(k, '')))}</code></td></tr>")
