@@ -482,7 +482,7 @@ def _cmd_serve(args) -> int:
 
 #: ``emolens bench`` sub-verbs; each has ``_add_bench_<name>(bench_subparsers)`` and ``_cmd_bench_<name>(args)``
 #: in its module's section (missing ones are skipped), like the top-level verbs.
-_BENCH_VERBS = ["predict", "video", "serve"]
+_BENCH_VERBS = ["predict", "video", "temporal", "serve"]
 
 
 def _add_bench(sub) -> None:
@@ -518,6 +518,58 @@ def _cmd_bench_predict(args) -> int:
         raise UsageError("--batch must be >= 1, --threads >= 0 and --min-time > 0")
     print(format_predict(bench_predict(args.model, batch=args.batch, threads=args.threads, min_time=args.min_time,
                                        detectors=args.detector)))
+    return 0
+
+
+def _add_bench_video(bsub) -> None:
+    p = bsub.add_parser("video", help="video pipeline speed: processing fps / video fps",
+                        description="Run the `emolens video` pipeline (detect, track, classify, smooth, draw, "
+                                    "encode) on a video and print its speed as a ratio to real time. Without VIDEO "
+                                    "a 640x480, 30 fps clip of the bundled photo (one face) is made first.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("video", nargs="?", default=None, help="video file (default: a synthetic 640x480 30 fps clip)")
+    p.add_argument("--frames", type=int, default=300, help="frames to process")
+    p.add_argument("--repeats", type=int, default=2, help="runs; the fastest counts")
+    _add_video_options(p)
+
+
+def _cmd_bench_video(args) -> int:
+    from .video import bench_video, format_bench_video
+
+    if args.frames < 1 or args.repeats < 1:
+        raise UsageError("--frames and --repeats must be at least 1")
+    kw = _video_kwargs(args)
+    rows = [bench_video(args.video, args.frames, args.repeats, write_output=w, **kw) for w in (True, False)]
+    print(format_bench_video(rows))
+    return 0
+
+
+def _add_bench_temporal(bsub) -> None:
+    p = bsub.add_parser("temporal", help="temporal model vs per-frame argmax vs EMA on held-out sequences",
+                        description="Build held-out synthetic sequences from FER2013 PublicTest (never Training) "
+                                    "and compare the temporal model, per-frame argmax and EMAs of per-frame "
+                                    "probabilities: per-frame accuracy, label flips per 100 frames, delay to follow "
+                                    "a true change. Prints a markdown table (the model card's).",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None, help="FER2013 (default: $EMOLENS_FER2013 or the shared copy)")
+    p.add_argument("--model", default=None, help="image model .onnx/.pt (default: the shipped one)")
+    p.add_argument("--temporal-model", default=None, help="temporal head .onnx/.pt (default: the shipped one)")
+    p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: exactly what `emolens video` runs; torch: the .pt files")
+    p.add_argument("--sequences", type=int, default=1000, help="held-out sequences")
+    p.add_argument("--length", type=int, default=96, help="frames per sequence")
+    p.add_argument("--runs", type=int, default=1500, help="jittered runs synthesised from PublicTest images")
+    p.add_argument("--ema", type=float, nargs="+", default=[0.5, 0.3, 0.15], help="EMA alphas to compare")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the held-out sequences")
+
+
+def _cmd_bench_temporal(args) -> int:
+    from .temporal import benchmark_temporal
+
+    if min(args.sequences, args.length, args.runs) < 1 or not all(0 < a <= 1 for a in args.ema):
+        raise UsageError("--sequences, --length and --runs must be at least 1, --ema values in (0, 1]")
+    print(benchmark_temporal(args.data, args.model, args.temporal_model, args.runtime, args.sequences, args.length,
+                             args.runs, ema=tuple(args.ema), seed=args.seed))
     return 0
 
 

@@ -383,6 +383,7 @@ class VideoProcessor:
         self.max_faces = max_faces
         self.frame_index = 0
         self.angles: dict[int, float] = {}  # per track: the last eye angle seen, for aligned crops
+        self.timing = {"detect": 0.0, "classify": 0.0, "smooth": 0.0, "detect_rounds": 0, "faces": 0}
 
     def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 4) face boxes in ``frame``'s pixels, found on a downscaled copy, largest first, and (N,) eye
@@ -431,8 +432,11 @@ class VideoProcessor:
             import cv2
 
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        t0 = time.perf_counter()
         if self.frame_index % self.detect_every == 0:
             boxes, angles = self.detect(frame)
+            self.timing["detect"] += time.perf_counter() - t0
+            self.timing["detect_rounds"] += 1
             tracks = self.tracker.step(boxes)
             for tid, a in zip(self.tracker.last_ids, angles, strict=True):
                 if tid is not None and np.isfinite(a):  # eyes not found: keep the track's last angle
@@ -448,13 +452,18 @@ class VideoProcessor:
         if not tracks:
             return []
         boxes = np.stack([_clip_box(t.box, w, h) for t in tracks])
+        t1 = time.perf_counter()
         probs, emb = self.classify(frame, boxes, np.array([self.angles.get(t.id, 0.0) for t in tracks]))
+        t2 = time.perf_counter()
         out = []
         for i, t in enumerate(tracks):
             p = np.asarray(self.smoother.update(t.id, probs[i], None if emb is None else emb[i]), np.float64)
             out.append(TrackedFace(t.id, tuple(int(round(v)) for v in boxes[i]), CLASSES[int(p.argmax())],
                                    float(p.max()), {c: float(v) for c, v in zip(CLASSES, p, strict=True)},
                                    t.detected))
+        self.timing["classify"] += t2 - t1
+        self.timing["smooth"] += time.perf_counter() - t2
+        self.timing["faces"] += len(tracks)
         return out
 
 
@@ -693,6 +702,7 @@ class VideoResult:
     complete: bool  # False when the stream ended before the announced frame count
     smoothing: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)  # ms per detection round / face / frame, by stage
 
     @property
     def processing_fps(self) -> float:
@@ -721,6 +731,7 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
     rows: list[dict[str, Any]] = []
     index = 0
     t_start = time.perf_counter()
+    t_write = 0.0
     bar = None
     try:
         fps, fps_known = _fps_of(cap)
@@ -762,7 +773,9 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
                     if csv_file is not None:
                         csv_out.writerow(r)
                 if writer is not None:
+                    t_w = time.perf_counter()
                     writer.write(draw_tracks(frame, faces, draw_bars))
+                    t_write += time.perf_counter() - t_w
                 index += 1
                 if bar is not None:
                     bar.update(1)
@@ -809,7 +822,14 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
         outputs["plot"] = str(plot_path)
     if not rows:
         log(f"note: no faces found in {index} frames of {source}")
-    return VideoResult(index, expected, fps, seconds, tracks, len(rows), complete, proc.smoother.name, outputs)
+    tm = proc.timing
+    timing = {"detect_ms_per_round": 1000 * tm["detect"] / max(tm["detect_rounds"], 1),
+              "classify_ms_per_face": 1000 * tm["classify"] / max(tm["faces"], 1),
+              "smooth_ms_per_face": 1000 * tm["smooth"] / max(tm["faces"], 1),
+              "draw_write_ms_per_frame": 1000 * t_write / max(index, 1),
+              "total_ms_per_frame": 1000 * seconds / max(index, 1)}
+    return VideoResult(index, expected, fps, seconds, tracks, len(rows), complete, proc.smoother.name, outputs,
+                       timing)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -893,24 +913,22 @@ def run_webcam(source: str | int = 0, record: str | Path | None = None, max_fram
 # benchmark
 
 
-def synthetic_face_video(path: str | Path, photo_rgb: np.ndarray | None = None, frames: int = 90,
+def synthetic_face_video(path: str | Path, photo: np.ndarray | None = None, frames: int = 90,
                          size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
-    """A test video: a photo panned and zoomed across a ``size`` frame (default photo: the astronaut from
-    scikit-image, when installed). Written as MJPG .avi or mp4v .mp4 by extension."""
+    """A test video: a BGR ``photo`` (default: the bundled astronaut photo, one face) panned and zoomed across
+    a ``size`` frame (one sway every 4 s, as a person moves). Written as MJPG .avi or mp4v .mp4 by extension."""
     import cv2
 
-    if photo_rgb is None:
-        try:
-            from skimage import data as skdata
-        except ImportError:
-            raise VideoError("no test photo: give a video, or install scikit-image") from None
-        photo_rgb = skdata.astronaut()
-    img = cv2.cvtColor(np.ascontiguousarray(photo_rgb), cv2.COLOR_RGB2BGR)
+    if photo is None:
+        photo = cv2.imread(str(Path(__file__).with_name("assets") / "astronaut.jpg"), cv2.IMREAD_COLOR)
+        if photo is None:
+            raise VideoError("the bundled test photo (emolens/assets/astronaut.jpg) is missing; give a video")
+    img = np.ascontiguousarray(photo)
     w, h = size
     writer = _AtomicVideoWriter(Path(path), fps, (w, h))
     try:
         for i in range(frames):
-            s = i / max(frames - 1, 1)
+            s = i / (fps * 4.0)  # one sway every 4 s, whatever the length: a person's pace, not the clip's
             zoom = 1.0 + 0.25 * math.sin(math.pi * s)
             side = img.shape[0] / zoom
             cx = img.shape[1] / 2 + 0.12 * img.shape[1] * math.sin(2 * math.pi * s)
@@ -928,7 +946,7 @@ def bench_video(source: str | None = None, frames: int = 300, repeats: int = 1, 
                 progress: bool = False, **processor_kwargs) -> dict[str, Any]:
     """Processing speed of the video pipeline: {frames, video_fps, processing_fps, realtime_ratio, ...}.
 
-    Without ``source``, a 640x480 30 fps clip of a photo with one face is made first (scikit-image)."""
+    Without ``source``, a 640x480 30 fps clip of the bundled photo (one face) is made first."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -944,7 +962,24 @@ def bench_video(source: str | None = None, frames: int = 300, repeats: int = 1, 
     assert best is not None
     return {"source": source, "frames": best.frames, "tracks": best.tracks, "video_fps": best.fps,
             "processing_fps": round(best.processing_fps, 1), "realtime_ratio": round(best.realtime_ratio, 2),
-            "smoothing": best.smoothing, "write_output": write_output, "threads": os.cpu_count()}
+            "smoothing": best.smoothing, "write_output": write_output, "cpus": os.cpu_count(),
+            **{k: round(v, 2) for k, v in best.timing.items()}}
+
+
+def format_bench_video(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`bench_video` results."""
+    src = rows[0]["source"] if rows else ""
+    lines = [f"Video pipeline on {Path(str(src)).name if src else 'a synthetic clip'} ({rows[0]['frames']} frames at "
+             f"{rows[0]['video_fps']:g} fps, {rows[0]['tracks']} track(s), smoothing {rows[0]['smoothing']}, "
+             f"{rows[0]['cpus']} CPUs)" if rows else "", "",
+             "| output video | processing fps | x real time | ms/frame | detect ms/round | classify ms/face "
+             "| smooth ms/face | draw+encode ms/frame |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {'written' if r['write_output'] else 'none'} | {r['processing_fps']:.1f} | "
+                     f"{r['realtime_ratio']:.2f} | {r['total_ms_per_frame']:.1f} | {r['detect_ms_per_round']:.1f} | "
+                     f"{r['classify_ms_per_face']:.2f} | {r['smooth_ms_per_face']:.2f} | "
+                     f"{r['draw_write_ms_per_frame']:.1f} |")
+    return "\n".join(lines)
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
@@ -954,6 +989,6 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 
 __all__ = ["Tracker", "Track", "StreamTracker", "iou_matrix", "VideoProcessor", "TrackedFace", "process_video",
-           "VideoResult", "run_webcam", "bench_video", "plot_timeline", "draw_tracks", "crop_faces", "read_frames",
-           "clip_face_crops", "open_capture", "gui_available", "synthetic_face_video", "EmaSmoother",
-           "TemporalSmoother", "Smoother", "make_smoother", "VideoError", "CSV_COLUMNS"]
+           "VideoResult", "run_webcam", "bench_video", "format_bench_video", "plot_timeline", "draw_tracks",
+           "crop_faces", "read_frames", "clip_face_crops", "open_capture", "gui_available", "synthetic_face_video",
+           "EmaSmoother", "TemporalSmoother", "Smoother", "make_smoother", "VideoError", "CSV_COLUMNS"]
