@@ -328,6 +328,9 @@ _BAD_ROWS = {
     "pixel too large": (["3", " ".join(["256"] + ["0"] * 2303), "Training"], "pixel value 256 is out of range"),
     "pixel negative": (["3", " ".join(["-2"] + ["0"] * 2303), "Training"], "pixel value -2 is out of range"),
     "pixel not an integer": (["3", " ".join(["1.5"] + ["0"] * 2303), "Training"], "space-separated integers"),
+    "pixel a word": (["3", " ".join(["0"] * 2303 + ["x"]), "Training"], "space-separated integers"),
+    "pixel overflows": (["3", " ".join(["9" * 30] + ["0"] * 2303), "Training"], "is out of range 0..255"),
+    "pixels comma-separated": (["3", ",".join(["0"] * 2304), "Training"], "space-separated integers"),
     "unknown usage": (["3", _pixels(face(1)), "Holdout"], "Usage 'Holdout' is not Training"),
 }
 

@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -376,6 +377,30 @@ def _csv_rows(reader, where: str) -> Iterator[tuple[int, list[str]]]:
         yield reader.line_num, row
 
 
+def _parse_pixels(text: str, at: str) -> np.ndarray:
+    """The CSV's ``pixels`` field, 2304 space-separated integers 0..255 -> (48, 48) uint8. NumPy's C parser
+    reads the usual row (5x faster than splitting: 35,887 rows); a row it rejects is parsed again the slow way
+    to say exactly what is wrong."""
+    npix = INPUT_SIZE * INPUT_SIZE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # NumPy < 2.? warns and returns a partial array
+            px = np.fromstring(text, dtype=np.int64, sep=" ")
+    except (ValueError, DeprecationWarning):
+        px = None
+    if px is None or px.size != npix:
+        try:
+            px = np.array(text.split(), dtype=np.int64)
+        except (ValueError, OverflowError):
+            raise DataError(f"{at}: pixels must be space-separated integers 0..255") from None
+        if px.size != npix:
+            raise DataError(f"{at}: expected {npix} pixels (48x48), got {px.size}")
+    lo, hi = int(px.min()), int(px.max())
+    if lo < 0 or hi > 255:
+        raise DataError(f"{at}: pixel value {lo if lo < 0 else hi} is out of range 0..255")
+    return px.astype(np.uint8).reshape(INPUT_SIZE, INPUT_SIZE)
+
+
 def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
     reader = csv.reader(stream)
     rows = _csv_rows(reader, where)
@@ -390,7 +415,6 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
     ie, ip = cols.index("emotion"), cols.index("pixels")
     iu = cols.index("usage") if "usage" in cols else None
     images, labels, splits, sources, skipped = [], [], [], [], []
-    npix = INPUT_SIZE * INPUT_SIZE
     for lineno, row in rows:
         if not row or all(not c.strip() for c in row):
             continue
@@ -405,15 +429,7 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
                 raise DataError(f"{at}: emotion {row[ie]!r} is not an integer 0..6") from None
             if not 0 <= e < len(CSV_LABELS):
                 raise DataError(f"{at}: emotion {e} is out of range 0..6")
-            try:
-                px = np.array(row[ip].split(), dtype=np.int64)
-            except ValueError:
-                raise DataError(f"{at}: pixels must be space-separated integers 0..255") from None
-            if px.size != npix:
-                raise DataError(f"{at}: expected {npix} pixels (48x48), got {px.size}")
-            if px.min() < 0 or px.max() > 255:
-                raise DataError(f"{at}: pixel value {int(px.min() if px.min() < 0 else px.max())} is out of "
-                                f"range 0..255")
+            px = _parse_pixels(row[ip], at)
             split = "train"
             if iu is not None:
                 split = SPLIT_ALIASES.get(row[iu].strip().lower(), "")
@@ -424,7 +440,7 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
                 raise
             skipped.append(str(err))
             continue
-        images.append(px.astype(np.uint8).reshape(INPUT_SIZE, INPUT_SIZE))
+        images.append(px)
         labels.append(CLASSES.index(CSV_LABELS[e]))
         splits.append(SPLITS.index(split))
         sources.append(f"line {lineno}")
