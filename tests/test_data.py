@@ -291,6 +291,13 @@ def test_not_a_zip(tmp_path):
     assert "not a valid zip file" in _error(load_dataset, tmp_path / "fer2013.zip")
 
 
+def test_truncated_zip(synthetic_kaggle_tree, tmp_path):
+    zpath = _zip_folder(synthetic_kaggle_tree, tmp_path / "fer2013.zip")
+    zpath.write_bytes(zpath.read_bytes()[: zpath.stat().st_size // 2])  # a download cut short
+    msg = _error(load_dataset, zpath)
+    assert msg.startswith(f"{zpath}: not a valid zip file")
+
+
 def test_zip_without_data(tmp_path):
     with zipfile.ZipFile(tmp_path / "x.zip", "w") as zf:
         zf.writestr("readme.md", "hi")
