@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import tempfile
@@ -447,6 +448,7 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
                                           strict=True)),
                  "skipped": len(ds.skipped)},
         "tta": tta, "batch_size": int(batch_size),
+        "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()},
     }
     labels = [chr(ord("A") + i) if i < 26 else f"M{i + 1}" for i in range(len(classifiers))]
     results, probas, histories = [], [], []
@@ -460,7 +462,11 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
         seconds = time.perf_counter() - t1
         m = classification_metrics(sub.labels, proba)
         m.update(common)
-        dev = getattr(clf, "device", "cpu")
+        dev = str(getattr(clf, "device", "cpu"))
+        if dev.startswith("cuda"):
+            import torch
+
+            dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
         twin = twin_check(Path(clf.path), getattr(clf, "session", None))
         if twin and not twin["match"]:
             say(f"warning: {twin['onnx']} was not exported from the {twin['pt']} beside it (source sha256 differs)")
