@@ -341,8 +341,8 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | Non
 
 async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, bytes]]:
     """The encoded images of a predict request (multipart or JSON): [(name for messages, bytes)]."""
-    ctype = request.headers.get("content-type", "").lower()
-    media = ctype.split(";")[0].strip()
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";")[0].strip().lower()  # the boundary after it is case-sensitive
     if media not in ("multipart/form-data", "application/json"):
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type {media or '(none)'!r}: send multipart/form-data (field 'file') "

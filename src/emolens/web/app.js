@@ -110,7 +110,7 @@
 
   function openSocket() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/v1/stream?tta=${encodeURIComponent($("tta").value)}`);
+    const ws = new WebSocket(`${proto}://${location.host}/v1/stream`);
     ws.binaryType = "arraybuffer";
     state.ws = ws;
     state.sent = 0;
