@@ -237,3 +237,49 @@ def test_train_sequence_cli_rejects_image_only_options(tmp_path):
 
     assert main(["train", "--task", "sequence", "--mixup", "0.2"]) == 2
     assert main(["train", "--task", "sequence", "--seq-len", "0"]) == 2
+
+
+def test_train_on_user_clips(tmp_path):
+    """User sequence data: <class>/<clip>/ frame folders and <class>/*.avi clips, one label per clip (frames
+    that are face crops already: no face is detected in them, so they are used whole)."""
+    from emolens.temporal import load_sequence_folder
+    from emolens.video import _AtomicVideoWriter
+
+    faces, labels = _faces(14, seed=3)
+    root = tmp_path / "clips"
+    for k, (face, y) in enumerate(zip(faces, labels, strict=True)):
+        frames = jitter_run(face, 10, np.random.default_rng(k))
+        if k % 2:
+            d = root / CLASSES[y] / f"clip{k}"
+            d.mkdir(parents=True)
+            for i, f in enumerate(frames):
+                cv2.imwrite(str(d / f"{i:03d}.png"), f)
+        else:
+            w = _AtomicVideoWriter(root / CLASSES[y] / f"clip{k}.avi", 10.0, (48, 48))
+            for f in frames:
+                w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+            w.close()
+    clips = load_sequence_folder(root, progress=False)
+    assert len(clips) == 14 and all(c[1].shape == (10, 48, 48) for c in clips)
+    assert sorted(c[2] for c in clips) == sorted(labels.tolist())
+
+    img_path = tmp_path / "image.pt"
+    _image_checkpoint(img_path, steps=10)
+    cfg = SequenceConfig(data=str(root), image_model=str(img_path), seq_len=8, min_segment=4, epochs=3,
+                         steps_per_epoch=3, batch_size=8, val_fraction=0.3, out=str(tmp_path / "run"),
+                         progress=False, threads=1)
+    out = train_sequence(cfg)
+    assert (out / "temporal.onnx").is_file() and "Held-out clips (4)" in (out / "measure.md").read_text()
+
+
+def test_bad_sequence_folder(tmp_path):
+    from emolens.data import DataError
+    from emolens.temporal import is_sequence_folder, load_sequence_folder
+
+    (tmp_path / "happy" / "clip1").mkdir(parents=True)
+    assert is_sequence_folder(tmp_path)
+    with pytest.raises(DataError, match="at least 2 frames"):
+        load_sequence_folder(tmp_path, progress=False)
+    (tmp_path / "grumpy" / "c").mkdir(parents=True)
+    with pytest.raises(DataError, match="unknown class folder 'grumpy'"):
+        load_sequence_folder(tmp_path, progress=False)

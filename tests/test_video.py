@@ -212,11 +212,21 @@ def test_video_with_temporal_model(clip, image_model, tmp_path):
     tm = create_model("temporal_lstm", encoder="cnn_lstm", encoder_kwargs=ckpt["model"]["kwargs"], num_frames=8)
     tm.encoder.load_state_dict(img.state_dict())
     pt, onnx_path = save_temporal_model(tm, image_model, tmp_path / "temporal.pt")
-    for head in (pt, onnx_path):
-        proc = VideoProcessor(model=str(image_model), runtime="torch", smooth="temporal", temporal_model=str(head))
+    from emolens.export import export_onnx
+
+    image_onnx = export_onnx(image_model, tmp_path / "image.onnx")["path"]  # with its 'embedding' output
+    results = []
+    for img_file, runtime, head in ((image_model, "torch", pt), (image_model, "torch", onnx_path),
+                                    (image_onnx, "onnx", onnx_path)):
+        proc = VideoProcessor(model=str(img_file), runtime=runtime, smooth="temporal", temporal_model=str(head))
         res = process_video(str(clip), None, tmp_path / "t.csv", processor=proc, max_frames=12, progress=False)
         assert res.smoothing == "temporal" and res.rows == 12
         assert len(proc.smoother.state[1]) == 8  # the window: the last 8 embeddings of track 1
+        with open(tmp_path / "t.csv", newline="") as f:
+            results.append(np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in csv.DictReader(f)]))
+    # torch and ONNX, image model and head, give the same labels (fp16-rounded head, 4-decimal CSV)
+    np.testing.assert_allclose(results[0], results[1], atol=2e-3)
+    np.testing.assert_allclose(results[0], results[2], atol=2e-3)
 
 
 def test_video_no_faces(tmp_path, image_model, capsys):

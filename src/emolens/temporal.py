@@ -567,7 +567,13 @@ def load_sequence_folder(path: str | Path, face_crops=None, max_frames: int = 60
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of <class>/<clip>/ frames or <class>/*.mp4 clips")
     if face_crops is None:
-        from .video import clip_face_crops as face_crops
+        import functools
+
+        from .faces import create_detector
+        from .video import clip_face_crops
+
+        # one detector for every clip: loading a cascade takes longer than detecting in a short clip
+        face_crops = functools.partial(clip_face_crops, detector=create_detector("auto"))
     items: list[tuple[str, Path, int]] = []
     for cls in sorted(p for p in root.iterdir() if p.is_dir()):
         label = resolve_class(cls.name, str(root))
