@@ -478,6 +478,45 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _add_bench_serve(bsub) -> None:
+    p = bsub.add_parser("serve", help="HTTP load test: requests/s, p50/p95/p99 latency, errors",
+                        description="Run N concurrent clients posting an image to /v1/predict for a bounded time, "
+                                    "against --url or a local `emolens serve` started for the run (on the same "
+                                    "machine: clients and server share the CPU).",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    p.add_argument("--seconds", type=float, default=10, help="how long the clients send")
+    p.add_argument("--url", default=None, help="server to load (default: start a local one)")
+    p.add_argument("--image", default=None, help="image to send (default: the packaged astronaut photo)")
+    p.add_argument("--api-key", default=None, help="API key to send (default: env EMOLENS_API_KEY)")
+    p.add_argument("--tta", choices=["none", "flip", "crops"], default=None, help="TTA query option")
+    p.add_argument("--model", default=None, help="model for the local server (default: the shipped one)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of the local server")
+    p.add_argument("--json", default=None, help="also write the result as JSON to this file")
+
+
+def _cmd_bench_serve(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .checkpoint import atomic_write_bytes
+    from .serve import bench_serve, format_bench
+
+    if args.clients < 1 or args.seconds <= 0 or args.workers < 1:
+        raise UsageError("--clients and --workers must be >= 1 and --seconds > 0")
+    server_args = ["--workers", str(args.workers)] + (["--model", args.model] if args.model else [])
+    try:
+        result = bench_serve(args.url, clients=args.clients, seconds=args.seconds, image=args.image,
+                             server_args=server_args, api_key=args.api_key,
+                             params={"tta": args.tta} if args.tta else None)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
+    print(format_bench(result))
+    if args.json:
+        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
+    return 1 if result["errors"] else 0
+
+
 # ---------------------------------------------------------------------------------------------- bench
 
 #: ``emolens bench`` sub-verbs; each has ``_add_bench_<name>(bench_subparsers)`` and ``_cmd_bench_<name>(args)``
