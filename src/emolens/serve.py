@@ -376,6 +376,10 @@ async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, b
             if not isinstance(payload, dict) or "image" not in payload:
                 raise ApiError(422, "invalid_json", 'expected {"image": "<base64>"}')
             items = [payload["image"]]
+        bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
+        if bad is not None:  # the shape is checked before the count: a wrong body is a 422 whatever its length
+            where = f"images[{bad}]" if batch else "image"
+            raise ApiError(422, "invalid_json", f"{where}: expected a base64 string, got {type(items[bad]).__name__}")
         if batch and len(items) > limits.max_batch:
             raise ApiError(413, "too_many_images", f"{len(items)} images, the limit is {limits.max_batch} per batch")
         for i, item in enumerate(items):
@@ -589,6 +593,9 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
     async def require_key(request: Request, key: str | None = Depends(key_header)) -> None:
         check_api_key(api_key, key or _key_from_headers(request.headers))
 
+    # The spec declares the key (and /docs shows "Authorize") only when this server has one.
+    auth = [Depends(require_key)] if api_key else []
+
     def engine() -> Engine:
         if state["engine"] is None:
             raise ApiError(503, "not_ready", "the model is still loading")
@@ -609,7 +616,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         return {"status": "ok" if state["engine"] is not None else "loading", "version": __version__,
                 "model_loaded": state["engine"] is not None, "auth_required": api_key is not None}
 
-    @app.get("/v1/model", tags=["model"], response_model=ModelOut, dependencies=[Depends(require_key)],
+    @app.get("/v1/model", tags=["model"], response_model=ModelOut, dependencies=auth,
              responses={401: err})
     async def model_card() -> dict[str, Any]:
         """The loaded model: name, classes, accuracy (FER2013 public test), SHA-256 of the model file."""
@@ -619,7 +626,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
     det_q = Query(None, description="face detector (default: the server's)")
     faces_only_q = Query(False, description="skip detection: the whole image is one face crop")
 
-    @app.post("/v1/predict", tags=["predict"], response_model=PredictOut, dependencies=[Depends(require_key)],
+    @app.post("/v1/predict", tags=["predict"], response_model=PredictOut, dependencies=auth,
               responses=predict_docs, openapi_extra=_request_body_spec(batch=False))
     async def predict(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
                       faces_only: bool = faces_only_q) -> dict[str, Any]:
@@ -636,7 +643,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         out = await in_thread(work)
         return {**out, "model": eng.model_ref(), "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
-    @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchOut, dependencies=[Depends(require_key)],
+    @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchOut, dependencies=auth,
               responses=predict_docs, openapi_extra=_request_body_spec(batch=True))
     async def predict_batch(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
                             faces_only: bool = faces_only_q) -> dict[str, Any]:
@@ -997,7 +1004,10 @@ async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint
     errors: dict[str, int] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=headers) as client:
-        warm = await client.post(endpoint, params=params, files={"file": ("bench.jpg", payload, "image/jpeg")})
+        try:
+            warm = await client.post(endpoint, params=params, files={"file": ("bench.jpg", payload, "image/jpeg")})
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"cannot reach {url}: {type(e).__name__}: {e}") from None
         if warm.status_code != 200:
             raise RuntimeError(f"{url}{endpoint} answered {warm.status_code}: {warm.text[:200]}")
         body = warm.json()
