@@ -510,6 +510,20 @@ def test_stream_bad_frame_does_not_end_the_session(server):
     assert_face(astronaut_face(replies[1]["faces"]))
 
 
+def test_stream_oversized_frame_closes_the_connection(server):
+    import websockets
+
+    async def big() -> int:
+        async with websockets.connect(ws_url(server), max_size=2**24) as ws:
+            await ws.recv()  # ready
+            await ws.send(b"\xff\xd8\xff" + b"\x00" * 1_300_000)  # over the 1.2 MB upload limit
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                await asyncio.wait_for(ws.recv(), 10)
+            return e.value.rcvd.code
+
+    assert asyncio.run(big()) == 1009  # "message too big", closed by uvicorn before the app sees it
+
+
 def test_stream_idle_timeout(server):
     import websockets
 
@@ -570,27 +584,33 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subproc
                           env={**os.environ, **(env or {})}, cwd=ROOT)
 
 
-def test_cli_refuses_public_bind_without_key():
-    env = {"EMOLENS_API_KEY": ""}
-    r = run_cli("serve", "--host", "0.0.0.0", "--port", "1", env=env)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().startswith("error: binding to 0.0.0.0") and "--api-key" in r.stderr
-    r = run_cli("serve", "--port", "70000", env=env)
-    assert r.returncode == 2 and "--port" in r.stderr
+def test_cli_refuses_public_bind_without_key(capsys, monkeypatch):
+    from emolens.cli import main
+
+    monkeypatch.delenv("EMOLENS_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: binding to 0.0.0.0 exposes the API") and "--api-key" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
 
 
-def test_cli_port_in_use():
+def test_cli_port_in_use(capsys):
+    from emolens.cli import main
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        r = run_cli("serve", "--port", str(s.getsockname()[1]))
-    assert r.returncode == 2 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+        assert main(["serve", "--port", str(s.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen" in err and "Traceback" not in err
 
 
-def test_cli_serve_and_bench_end_to_end(model_dir, photo):
-    """`emolens serve` in a subprocess (public bind with a key from the environment), then the load test."""
+def test_cli_serve_and_bench_end_to_end(model_dir, photo, tmp_path):
+    """`emolens serve` in a subprocess (key from the environment), then `emolens bench serve --url` on it."""
     pytest.importorskip("emolens.predict")
-    from emolens.serve import bench_serve, local_server
+    from emolens.serve import local_server
 
     path = model_path(model_dir)
     args = ["--model", str(path), "--runtime", "onnx" if path.suffix == ".onnx" else "torch"]
@@ -601,10 +621,28 @@ def test_cli_serve_and_bench_end_to_end(model_dir, photo):
         astronaut_face(r.json()["faces"])
         many = [("file", ("a.jpg", photo, "image/jpeg"))] * 3
         assert_error(post(f"{url}/v1/predict/batch", files=many, headers={"X-API-Key": KEY}), 413)
-        result = bench_serve(url, clients=4, seconds=1.5, api_key=KEY)
-    assert result["errors"] == 0 and result["ok"] >= 2
+        out = tmp_path / "bench.json"
+        b = run_cli("bench", "serve", "--url", url, "--clients", "4", "--seconds", "1.5", "--api-key", KEY,
+                    "--json", str(out))
+        assert b.returncode == 0, b.stderr
+        assert "requests/s" in b.stdout and "p99" in b.stdout
+        wrong = run_cli("bench", "serve", "--url", url, "--seconds", "1", "--api-key", "nope")
+        assert wrong.returncode == 2 and "401" in wrong.stderr and "Traceback" not in wrong.stderr
+    result = json.loads(out.read_text())
+    assert result["errors"] == 0 and result["ok"] >= 2 and result["clients"] == 4
     assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
     assert result["requests_per_s"] > 0 and result["faces_per_image"] >= 1
+
+
+@pytest.mark.slow  # two worker processes each load the model: ~10-20 s on 2 cores
+def test_cli_bench_starts_its_own_server_with_two_workers(model_dir):
+    """`emolens bench serve` with no --url starts `emolens serve --workers 2` (uvicorn's multi-process mode:
+    each worker loads its own model from the options passed in the environment) and stops it."""
+    path = model_path(model_dir)
+    r = run_cli("bench", "serve", "--clients", "3", "--seconds", "1", "--workers", "2", "--model", str(path),
+                timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "local server" in r.stdout and "errors 0" in r.stdout
 
 
 @pytest.mark.skipif(not (ROOT / "src/emolens/weights/emolens_cnn_lstm.onnx").is_file(),
