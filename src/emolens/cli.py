@@ -56,7 +56,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--no-detect", action="store_true",
                    help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
-    p.add_argument("--margin", type=float, default=0.2, help="crop side = detected box side x (1 + margin)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="crop side = detected box side x (1 + margin); default: the detector's (haar 0.1, dlib 0.2)")
     p.add_argument("--model", default=None, metavar="PATH", help=".onnx or .pt model (default: the shipped one)")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="onnx",
                    help="onnx (ONNX Runtime), torch (PyTorch, .pt), auto (by file suffix)")
@@ -67,10 +68,11 @@ def _print_faces(console, name: str, faces, classes, size: tuple[int, int]) -> N
     from rich.table import Table
 
     if not faces:
-        console.print(f"{name} ({size[0]}x{size[1]}): no face found", markup=False, highlight=False)
+        console.print(f"{name} ({size[0]}x{size[1]}): no face found", markup=False, highlight=False, soft_wrap=True)
         return
-    t = Table(title=f"{name} ({size[0]}x{size[1]}): {len(faces)} face(s)",
-              title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    console.print(f"{name} ({size[0]}x{size[1]}): {len(faces)} face(s)", markup=False, highlight=False,
+                  soft_wrap=True)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     for col in ("#", "box x,y,w,h", "emotion", "conf"):
         t.add_column(col, justify="left" if col == "emotion" else "right", no_wrap=True)
     for c in classes:
@@ -113,7 +115,7 @@ def _cmd_predict(args) -> int:
     from .faces import DetectorError
     from .predict import EmotionRecognizer, ImageError, expand_inputs, predictions_csv, to_bgr
 
-    if not 0 <= args.margin <= 2:
+    if args.margin is not None and not 0 <= args.margin <= 2:
         raise UsageError("--margin must be between 0 and 2")
     inputs = args.paths or [str(Path(__file__).with_name("assets") / "astronaut.jpg")]
     files, problems = expand_inputs(inputs)

@@ -13,7 +13,9 @@ from release to release.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,9 @@ def onnx_bytes(model, opset: int = DEFAULT_OPSET, input_size: int = 48) -> bytes
         model = _WithEmbedding(model)
         names.append("embedding")
         axes["embedding"] = {0: "batch"}
-    with tempfile.TemporaryDirectory() as tmp:
+    # the tracer warns about len()/bool() on tensors in the LSTM head; export_onnx's check is what counts
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         out = Path(tmp) / "model.onnx"
         torch.onnx.export(model, (x,), str(out), input_names=["input"], output_names=names,
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
@@ -144,7 +148,12 @@ def quantize_int8(onnx_path: str | Path, out: str | Path) -> Path:
     meta = read_metadata(onnx_path)
     with tempfile.TemporaryDirectory() as tmp:
         q = Path(tmp) / "q.onnx"
-        quantize_dynamic(str(onnx_path), str(q), weight_type=QuantType.QInt8)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # onnxruntime logs a "consider pre-processing" hint on the root logger
+        try:
+            quantize_dynamic(str(onnx_path), str(q), weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(previous)
         import onnx
 
         proto = onnx.load(str(q))

@@ -8,6 +8,7 @@ Crops go through :func:`emolens.preprocess.preprocess`, the one preprocessing ev
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +36,12 @@ class Detection:
 
 
 class FaceDetector:
-    """Base class: subclasses implement ``detect_faces``."""
+    """Base class: subclasses implement ``detect_faces``. ``margin``: the crop margin (see :func:`square_crop`)
+    that best reproduces FER2013's framing from this detector's boxes (detectors draw boxes of different
+    extent; measured by classifying FER2013 PublicTest faces re-found in 640x480 frames)."""
 
     name: str = ""
+    margin: float = 0.2
 
     def detect_faces(self, image: np.ndarray) -> list[Detection]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -71,6 +75,7 @@ class HaarDetector(FaceDetector):
     """
 
     name = "haar"
+    margin = 0.1  # Haar boxes reach higher up the forehead than dlib's
 
     def __init__(self, max_side: int = 480, min_face: float = 0.06, scale_factor: float = 1.1,
                  min_neighbors: int = 5, eyes: bool = True, cascade: str = "haarcascade_frontalface_default.xml"):
@@ -79,7 +84,7 @@ class HaarDetector(FaceDetector):
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + cascade)
         if self.cascade.empty():
             raise DetectorError(f"OpenCV has no {cascade}: install opencv-python-headless<5 (OpenCV 5 dropped it)")
-        self.eye_cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml") if eyes else None
+        self.eye_cascade = _eye_cascade() if eyes else None
         self.max_side, self.min_face = max_side, min_face
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
@@ -101,34 +106,89 @@ class HaarDetector(FaceDetector):
             box = _clip_box(x / scale, y / scale, w / scale, h / scale, width, height)
             if box is None:
                 continue
-            marks = self._eyes(gray, box) if self.eye_cascade is not None else None
+            marks = find_eyes(self.eye_cascade, gray, box) if self.eye_cascade is not None else None
             out.append(Detection(box, float(score), marks))
         return out
 
-    def _eyes(self, gray: np.ndarray, box: Box) -> dict[str, tuple[float, float]] | None:
-        """Eye centres from the eye cascade inside the face's upper half, one per side, or None."""
+
+def _eye_cascade():
+    import cv2
+
+    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
+
+
+def find_eyes(eye_cascade, gray: np.ndarray, box: Box) -> dict[str, tuple[float, float]] | None:
+    """Eye centres from OpenCV's eye cascade inside the face's upper half, one per side, or None: landmarks
+    for detectors that give none, used to level the eyes."""
+    import cv2
+
+    x, y, w, h = box
+    roi = gray[y:y + h // 2 + h // 10, x:x + w]
+    scale = min(1.0, 160 / max(1, w))  # eyes are found as well at 160 px face width, much faster
+    if scale < 1:
+        roi = cv2.resize(roi, (max(1, round(roi.shape[1] * scale)), max(1, round(roi.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    side = max(8, int(0.15 * w * scale))
+    eyes = eye_cascade.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=5, minSize=(side, side),
+                                        maxSize=(int(0.45 * w * scale) + 1,) * 2)
+    left = [e for e in eyes if e[0] + e[2] / 2 < roi.shape[1] / 2]
+    right = [e for e in eyes if e[0] + e[2] / 2 >= roi.shape[1] / 2]
+    if not left or not right:
+        return None
+    le, re = max(left, key=lambda e: e[2]), max(right, key=lambda e: e[2])
+    centre = lambda e: (x + (e[0] + e[2] / 2) / scale, y + (e[1] + e[3] / 2) / scale)
+    (lx, ly), (rx, ry) = centre(le), centre(re)
+    # two boxes that are not at a plausible eye distance are a mis-detection (eyebrow, nostril)
+    if not 0.25 * w <= math.hypot(rx - lx, ry - ly) <= 0.75 * w:
+        return None
+    return {"left_eye": (float(lx), float(ly)), "right_eye": (float(rx), float(ry))}
+
+
+# ---------------------------------------------------------------------------------------------- dlib
+
+
+class DlibDetector(FaceDetector):
+    """dlib's HOG + linear SVM face detector (``pip install dlib-bin``; the model is compiled into dlib, nothing
+    to download): five filters (frontal, turned left/right, tilted left/right), so it also finds heads tilted by
+    30 degrees, which Haar misses, with fewer false alarms. Faces from about 64 px at the working size are found
+    (``upsample=1``: from about 32 px, 4x slower). The working size: the longer side at most ``max_side``, the
+    shorter at least ``min_side`` (small frames are enlarged). ``threshold`` 0.1 (dlib's default is 0): drops the
+    weakest hits (a false one on the astronaut's suit patch scored 0.035) at the cost of 3.7% of the hardest
+    true ones (upscaled FER2013 faces). Eyes come from OpenCV's eye cascade."""
+
+    name = "dlib"
+
+    def __init__(self, max_side: int = 1024, min_side: int = 480, upsample: int = 0, threshold: float = 0.1,
+                 eyes: bool = True, box_scale: float = 1.0):
+        try:
+            import dlib
+        except ImportError:
+            raise DetectorError("face detector 'dlib' needs dlib: pip install dlib-bin") from None
+        self.detector = dlib.get_frontal_face_detector()
+        self.eye_cascade = _eye_cascade() if eyes else None
+        self.max_side, self.min_side, self.upsample, self.threshold = max_side, min_side, upsample, threshold
+        self.box_scale = box_scale
+
+    def detect_faces(self, image: np.ndarray) -> list[Detection]:
         import cv2
 
-        x, y, w, h = box
-        roi = gray[y:y + h // 2 + h // 10, x:x + w]
-        scale = min(1.0, 160 / max(1, w))  # eyes are found as well at 160 px face width, much faster
-        if scale < 1:
-            roi = cv2.resize(roi, (max(1, round(roi.shape[1] * scale)), max(1, round(roi.shape[0] * scale))),
-                             interpolation=cv2.INTER_AREA)
-        side = max(8, int(0.15 * w * scale))
-        eyes = self.eye_cascade.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=5, minSize=(side, side),
-                                                 maxSize=(int(0.45 * w * scale) + 1,) * 2)
-        left = [e for e in eyes if e[0] + e[2] / 2 < roi.shape[1] / 2]
-        right = [e for e in eyes if e[0] + e[2] / 2 >= roi.shape[1] / 2]
-        if not left or not right:
-            return None
-        le, re = max(left, key=lambda e: e[2]), max(right, key=lambda e: e[2])
-        centre = lambda e: (x + (e[0] + e[2] / 2) / scale, y + (e[1] + e[3] / 2) / scale)
-        (lx, ly), (rx, ry) = centre(le), centre(re)
-        # two boxes that are not at a plausible eye distance are a mis-detection (eyebrow, nostril)
-        if not 0.25 * w <= math.hypot(rx - lx, ry - ly) <= 0.75 * w:
-            return None
-        return {"left_eye": (float(lx), float(ly)), "right_eye": (float(rx), float(ry))}
+        gray = to_gray(image, "bgr")
+        height, width = gray.shape
+        scale = min(self.max_side / max(height, width), max(1.0, self.min_side / min(height, width)))
+        work = gray if abs(scale - 1) < 1e-3 else cv2.resize(
+            gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        rects, scores, _ = self.detector.run(np.ascontiguousarray(work), self.upsample, self.threshold)
+        out = []
+        for r, score in zip(rects, scores, strict=True):
+            w, h = (r.right() - r.left()) * self.box_scale, (r.bottom() - r.top()) * self.box_scale
+            cx, cy = (r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2
+            box = _clip_box((cx - w / 2) / scale, (cy - h / 2) / scale, w / scale, h / scale, width, height)
+            if box is None:
+                continue
+            marks = find_eyes(self.eye_cascade, gray, box) if self.eye_cascade is not None else None
+            out.append(Detection(box, float(score), marks))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -136,8 +196,11 @@ class HaarDetector(FaceDetector):
 #: name -> (factory, one-line description); "auto" picks the first available of AUTO_ORDER.
 _DETECTORS: dict[str, tuple[Callable[..., FaceDetector], str]] = {
     "haar": (HaarDetector, "OpenCV Haar cascade (frontal faces), ships with opencv-python-headless<5"),
+    "dlib": (DlibDetector, "dlib HOG + SVM, faces from ~64 px, heads tilted up to 30 degrees (dlib-bin)"),
+    "dlib-small": (functools.partial(DlibDetector, upsample=1), "dlib on a 2x enlarged frame: faces from ~32 px, "
+                                                                "4x slower"),
 }
-AUTO_ORDER: tuple[str, ...] = ("haar",)
+AUTO_ORDER: tuple[str, ...] = ("dlib", "haar")
 
 
 def list_detectors() -> list[str]:
@@ -172,9 +235,11 @@ def create_detector(name: str = "auto", **kwargs) -> FaceDetector:
     if name not in _DETECTORS:
         raise DetectorError(f"unknown face detector {name!r}: use one of {', '.join(list_detectors())}")
     try:
-        return _DETECTORS[name][0](**kwargs)
+        det = _DETECTORS[name][0](**kwargs)
     except ImportError as e:
         raise DetectorError(f"face detector {name!r} needs a package that is not installed ({e})") from None
+    det.name = name
+    return det
 
 
 # ---------------------------------------------------------------------------------------------- crops

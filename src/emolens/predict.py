@@ -189,12 +189,14 @@ class EmotionRecognizer:
     no torch needed), torch or auto (by file suffix); ``detector``: a name from
     :func:`emolens.faces.list_detectors` or a ``FaceDetector``; ``tta``: none, flip or crops (averaged views,
     see :mod:`emolens.runtime`); ``detect=False`` treats every whole image as one face crop; ``margin``: the
-    square crop's side is the detected box's longer side times (1 + margin); ``align``: rotate so the eyes are
-    level when the detector finds them.
+    square crop's side is the detected box's longer side times (1 + margin), None = the detector's own
+    (``FaceDetector.margin``, measured to match FER2013's framing); ``align``: rotate so the eyes are level when
+    the detector finds them.
     """
 
     def __init__(self, model: str | Path | None = None, runtime: str = "onnx", detector: str | FaceDetector = "auto",
-                 tta: str = "flip", detect: bool = True, margin: float = 0.2, align: bool = True, threads: int = 0,
+                 tta: str = "flip", detect: bool = True, margin: float | None = None, align: bool = True,
+                 threads: int = 0,
                  device: str = "cpu", max_pixels: int = MAX_PIXELS):
         if tta not in ("none", "flip", "crops"):
             raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
@@ -267,8 +269,9 @@ class EmotionRecognizer:
             h, w = img.shape[:2]
             return [Detection((0, 0, w, h))], preprocess(img, "bgr")[None]
         color = _as_color(img)
-        dets = sorted(self._detector(detector).detect_faces(color), key=lambda d: (d.box[0], d.box[1]))
-        return dets, face_crops(color, dets, self.margin, self.align)
+        det = self._detector(detector)
+        dets = sorted(det.detect_faces(color), key=lambda d: (d.box[0], d.box[1]))
+        return dets, face_crops(color, dets, det.margin if self.margin is None else self.margin, self.align)
 
     # -- the API
 

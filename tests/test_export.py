@@ -1,0 +1,136 @@
+"""ONNX export: metadata round trip, torch vs ONNX Runtime within 1e-4, dynamic batch, the int8 variant, the
+shipped pair made by ship() (fp16 .pt and an .onnx from the same rounded weights), and `emolens export`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from emolens.checkpoint import file_sha256, make_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
+from emolens.cli import main  # noqa: E402
+from emolens.export import ExportError, export_onnx, quantize_int8, read_metadata, ship  # noqa: E402
+from emolens.models import create_model  # noqa: E402
+from emolens.preprocess import CLASSES, INPUT_SIZE, MEAN, STD  # noqa: E402
+from emolens.runtime import META_KEYS, OnnxClassifier, TorchClassifier  # noqa: E402
+
+SMALL = {"widths": [8, 16, 32, 64], "lstm_hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("cnn_lstm", **SMALL)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    ckpt = make_checkpoint(model, config={"epochs": 3}, metrics={"public_acc": 0.25, "epoch": 2},
+                           history=[{"epoch": 1, "val_acc": 0.2}])
+    ckpt["optimizer"] = {"state": {}, "param_groups": [{"lr": 0.1}]}  # as a training run's best.pt has
+    save_checkpoint(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    return export_onnx(checkpoint, out, quantize=True)
+
+
+def faces(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
+
+
+def test_metadata_round_trip(checkpoint, exported):
+    meta = read_metadata(exported["path"])
+    assert {f"emolens.{k}" for k in meta} >= set(META_KEYS)
+    assert meta["format"] == "emolens-onnx"
+    assert meta["model"] == {"name": "cnn_lstm", "kwargs": read_checkpoint(checkpoint)["model"]["kwargs"]}
+    assert meta["classes"] == list(CLASSES)
+    assert meta["preprocess"]["mean"] == MEAN and meta["preprocess"]["std"] == STD
+    assert meta["preprocess"]["input_size"] == INPUT_SIZE
+    assert meta["metrics"] == {"public_acc": 0.25, "epoch": 2}
+    assert meta["source_sha256"] == file_sha256(checkpoint)
+    clf = OnnxClassifier(exported["path"])
+    assert clf.classes == CLASSES and clf.name == "cnn_lstm" and clf.metrics["public_acc"] == 0.25
+
+
+def test_torch_and_onnx_agree_and_batch_is_dynamic(checkpoint, exported):
+    assert exported["max_abs_diff"] is not None and exported["max_abs_diff"] <= 1e-4
+    onnx_clf, torch_clf = OnnxClassifier(exported["path"]), TorchClassifier(checkpoint)
+    for n in (1, 5, 64):
+        x = faces(n, seed=n)
+        for tta in ("none", "flip"):
+            np.testing.assert_allclose(onnx_clf.predict_proba(x, tta), torch_clf.predict_proba(x, tta), atol=1e-4)
+    sess = ort.InferenceSession(exported["path"], providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == "batch"
+    assert sess.get_outputs()[0].name == "logits"
+
+
+def test_int8_export_works(exported):
+    q = exported["int8_path"]
+    assert q and exported["int8_size_bytes"] < 0.5 * exported["size_bytes"]
+    meta = read_metadata(q)
+    assert meta["quantization"] == "int8-dynamic" and meta["classes"] == list(CLASSES)
+    fp32, int8 = OnnxClassifier(exported["path"]), OnnxClassifier(q)
+    x = faces(32, seed=3)
+    p8 = int8.predict_proba(x)
+    assert p8.shape == (32, 7) and np.allclose(p8.sum(1), 1, atol=1e-5)
+    # quantisation error is bounded: int8 probabilities stay near fp32 for this random model
+    assert np.abs(p8 - fp32.predict_proba(x)).max() < 0.05
+    again = quantize_int8(exported["path"], exported["path"].replace(".onnx", ".again.onnx"))
+    assert read_metadata(again)["source_sha256"] == read_metadata(exported["path"])["source_sha256"]
+
+
+def test_check_failure_removes_the_file(checkpoint, tmp_path):
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="disagree"):
+        export_onnx(checkpoint, out, tolerance=-1.0)  # no difference passes a negative tolerance
+    assert not out.exists()
+    with pytest.raises(ExportError, match=r"\.onnx"):
+        export_onnx(checkpoint, tmp_path / "model.bin")
+
+
+def test_ship_makes_a_slim_fp16_pair_that_agrees(checkpoint, tmp_path, capsys):
+    r = ship(checkpoint, tmp_path / "weights")
+    pt, onnx = r["pt"], r["onnx"]
+    ckpt = read_checkpoint(pt)
+    assert "optimizer" not in ckpt
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["metrics"] == {"public_acc": 0.25, "epoch": 2} and ckpt["history"] == [{"epoch": 1, "val_acc": 0.2}]
+    assert ckpt["source_sha256"] == file_sha256(checkpoint)
+    assert r["total_bytes"] == sum(r["sizes"].values()) and r["max_abs_diff"] <= 1e-4
+    x = faces(16, seed=7)
+    np.testing.assert_allclose(OnnxClassifier(onnx).predict_proba(x, "flip"),
+                               TorchClassifier(pt).predict_proba(x, "flip"), atol=1e-4)
+    assert read_metadata(onnx)["source_sha256"] == file_sha256(pt)
+
+
+def test_cli_export(checkpoint, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(checkpoint), "-o", str(out), "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and (tmp_path / "cli.int8.onnx").is_file()
+    assert "max |dp|" in printed and "int8" in printed
+    assert main(["export", str(checkpoint), "--ship", str(tmp_path / "w")]) == 0
+    assert "total" in capsys.readouterr().out and (tmp_path / "w" / "emolens_cnn_lstm.onnx").is_file()
+
+
+def test_cli_export_bad_input(tmp_path, capsys):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    assert main(["export", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not an emolens checkpoint" in err and "Traceback" not in err
+    assert main(["export", str(tmp_path / "missing.pt")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_metadata_values_are_json(exported):
+    import onnx
+
+    proto = onnx.load(exported["path"])
+    for p in proto.metadata_props:
+        json.loads(p.value)  # every value decodes
