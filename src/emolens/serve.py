@@ -761,7 +761,12 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
             await ws.close(code=1008, reason="no API key received")
         return
 
-    session = _StreamSession(eng, limits)
+    try:
+        session = await in_thread(_StreamSession, eng, limits)
+    except Exception:
+        log.exception("live stream: cannot start the video pipeline")
+        await ws.close(code=1011, reason="the server cannot process video (logged on the server)")
+        return
     latest: list[tuple[int, bytes]] = []  # at most one pending frame
     wake = asyncio.Event()
     counters = {"received": 0, "dropped": 0}
@@ -821,6 +826,7 @@ class _StreamSession:
     def __init__(self, engine: Engine, limits: Limits):
         self.engine, self.limits = engine, limits
         self.processor = engine.new_video_processor()
+        self.failed = False  # log the first internal error of a session only
 
     def reset(self) -> None:
         self.processor = self.engine.new_video_processor()
@@ -831,7 +837,15 @@ class _StreamSession:
             img = decode_image(data, self.limits, "frame")
         except ApiError as e:
             return {"type": "error", "error": {"code": e.code, "message": e.message}}
-        faces = [_face_out(f) | {"track_id": int(f.track_id)} for f in self.processor.process(img)]
+        try:
+            tracked = self.processor.process(img)
+        except Exception:  # a server bug must not look like the client's fault, nor end the session silently
+            if not self.failed:
+                log.exception("live stream: processing a frame failed")
+            self.failed = True
+            return {"type": "error", "error": {"code": "internal_error",
+                                               "message": "the server failed on this frame (logged on the server)"}}
+        faces = [_face_out(f) | {"track_id": int(f.track_id)} for f in tracked]
         return {"type": "result", "width": img.shape[1], "height": img.shape[0], "faces": faces,
                 "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
 

@@ -132,12 +132,9 @@
       }
     };
     ws.onclose = (ev) => {
-      if (state.ws === ws) {
-        clearInterval(state.timer);
-        state.timer = null;
-        setLiveStatus(`connection closed${ev.reason ? `: ${ev.reason}` : ""}`, ev.code !== 1000);
-        if (state.stream) stopCamera();
-      }
+      if (state.ws !== ws) return;  // closed by stopCamera(): nothing to report
+      if (state.stream) stopCamera();
+      setLiveStatus(`connection closed${ev.reason ? `: ${ev.reason}` : ""}`, ev.code !== 1000);
     };
   }
 
