@@ -19,6 +19,7 @@ import torch
 
 from emolens.checkpoint import load_model, read_checkpoint
 from emolens.config import build_config, load_config
+from emolens.models import count_flops, count_parameters, create_model
 from emolens.preprocess import CLASSES
 from emolens.train import TrainConfig, epoch_seed, steps_per_epoch, train
 
@@ -278,3 +279,35 @@ def test_epoch_seeds_and_steps():
     assert len(seeds) == 54 and all(0 <= v < 2**63 for v in seeds)
     assert epoch_seed(0, 1000) != epoch_seed(1, 0)  # no seed * 1000 + epoch collisions
     assert steps_per_epoch(84, 16) == 5 and steps_per_epoch(10, 128) == 1 and steps_per_epoch(128, 128) == 1
+
+
+def test_ablation_script_writes_its_table(data, tmp_path):
+    """scripts/ablation.py at a tiny size: every (model, augmentation) pair trained once, one table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(f"model_kwargs: {SMALL_ARG}\nbatch_size: 16\nthreads: 1\n")
+    out = tmp_path / "abl" / "ABLATION.md"
+    args = ["--data", str(data), "--config", str(recipe), "--epochs", "1", "--models", "cnn_lstm,cnn",
+            "--out", str(out)]
+    assert ablation.main(args) == 0
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| cnn")]
+    assert len(rows) == 4 and "| cnn_lstm | on |" in text and "| cnn | off |" in text
+    result = json.loads(out.with_suffix(".json").read_text())
+    for r in result["rows"]:  # the recipe's widths reach cnn too: the two differ only in their heads
+        kwargs = SMALL if r["model"] == "cnn_lstm" else {"widths": SMALL["widths"]}
+        model = create_model(r["model"], **kwargs)
+        assert r["params"] == count_parameters(model) and r["flops"] == count_flops(model)
+        assert r["train_images"] == 84 and r["val_images"] == 14 and r["epochs_run"] == 1
+    assert "the LSTM head" in text
+    # complete runs are read back, not trained again
+    stamps = {p: p.stat().st_mtime_ns for p in out.parent.glob("runs/*/last.pt")}
+    assert ablation.main([*args, "--augment", "off"]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["public_acc"] for r in again] == [r["public_acc"] for r in result["rows"] if not r["augment"]]
+    assert len(stamps) == 4 and all(p.stat().st_mtime_ns == t for p, t in stamps.items())

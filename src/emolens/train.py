@@ -369,7 +369,8 @@ def _dist_env() -> tuple[int, int]:
 
 
 def _resume_state(cfg: TrainConfig, resume: str | Path) -> tuple[TrainConfig, dict[str, Any], Path]:
-    """The saved run's config (``epochs`` and ``progress`` may be changed) and its last.pt contents."""
+    """The saved run's config (``epochs``, ``progress``, ``device``, ``threads`` may be changed) and its
+    last.pt contents."""
     from .checkpoint import CheckpointError
     from .config import build_config
 
@@ -386,6 +387,10 @@ def _resume_state(cfg: TrainConfig, resume: str | Path) -> tuple[TrainConfig, di
                               "cannot be stretched; resume without --epochs or start a new run")
         saved.epochs = cfg.epochs
     saved.progress = cfg.progress
+    # where and how fast to run may change (a GPU run resumed on a CPU): only when given explicitly
+    for name in ("device", "threads"):
+        if getattr(cfg, name) != getattr(TrainConfig, name):
+            setattr(saved, name, getattr(cfg, name))
     saved.out = str(rpath.parent)
     return saved, state, rpath
 
