@@ -102,9 +102,6 @@ def test_every_parameter_gets_a_gradient(name):
     loss = _loss(model(_input(model, 4)), torch.tensor([0, 3, 5, 6]))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    if name == "temporal_lstm" and missing and all(n.startswith("encoder.fc.") for n in missing):
-        pytest.xfail("temporal_lstm keeps the frame encoder's classifier (encoder.fc), which its forward never "
-                     "uses (frame_fc is a copy of it): dead weights; reported to the video model's owner")
     assert not missing, f"no gradient reaches {missing}"
     for n, p in model.named_parameters():
         assert torch.isfinite(p.grad).all(), n
