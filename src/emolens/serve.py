@@ -60,7 +60,7 @@ API_KEY_ENV = "EMOLENS_API_KEY"
 OPTIONS_ENV = "EMOLENS_SERVE_OPTIONS"  # JSON options handed to each worker process by ``serve(workers>1)``
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
-#: Leading bytes of the formats accepted (all decoded by OpenCV, sized by PIL from the header alone).
+#: Leading bytes of the formats accepted (sized from the header, then decoded by ``predict.decode_bytes``).
 MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
