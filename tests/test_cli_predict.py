@@ -142,7 +142,8 @@ def test_real_process_prints_no_traceback(onnx_model, photo_folder, tmp_path):
     assert "Traceback" not in r.stderr and "not an image" in r.stderr
 
 
-def test_bench_predict(onnx_model, capsys, tmp_path):
+def test_bench_predict(onnx_model, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMOLENS_FER2013", str(tmp_path / "absent"))  # calibrate int8 on the sample face: fast
     pt = onnx_model.with_suffix(".pt")
     code, out, err = _run(["bench", "predict", "--model", str(pt), "--min-time", "0.05", "--batch", "8",
                            "--detector", "haar"], capsys)

@@ -13,7 +13,14 @@ ort = pytest.importorskip("onnxruntime")
 
 from emolens.checkpoint import file_sha256, make_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
 from emolens.cli import main  # noqa: E402
-from emolens.export import ExportError, export_onnx, quantize_int8, read_metadata, ship  # noqa: E402
+from emolens.export import (  # noqa: E402
+    ExportError,
+    export_onnx,
+    int8_with_accuracy_check,
+    quantize_int8,
+    read_metadata,
+    ship,
+)
 from emolens.models import create_model  # noqa: E402
 from emolens.preprocess import CLASSES, INPUT_SIZE, MEAN, STD  # noqa: E402
 from emolens.runtime import META_KEYS, OnnxClassifier, TorchClassifier  # noqa: E402
@@ -34,9 +41,18 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
+def fer_tree(tmp_path_factory):
+    """A tiny FER2013 folder (random-pixel 48x48 PNGs, conftest.make_kaggle_tree) for int8 calibration."""
+    from conftest import make_kaggle_tree
+
+    return make_kaggle_tree(tmp_path_factory.mktemp("fer"), {"train": 8, "public": 4, "private": 0})
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, fer_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    return export_onnx(checkpoint, out, quantize=True)
+    # a random model on random pixels: the accuracy gate is tested apart (test_int8_accuracy_gate)
+    return export_onnx(checkpoint, out, quantize=True, data=fer_tree, max_drop=1.0)
 
 
 def faces(n: int, seed: int = 0) -> np.ndarray:
@@ -69,19 +85,44 @@ def test_torch_and_onnx_agree_and_batch_is_dynamic(checkpoint, exported):
     assert sess.get_outputs()[0].name == "logits"
 
 
-def test_int8_export_works(exported):
+def test_int8_export_works(exported, tmp_path):
     q = exported["int8_path"]
-    assert q and exported["int8_size_bytes"] < 0.5 * exported["size_bytes"]
+    assert q and exported["int8_size_bytes"] < 0.6 * exported["size_bytes"]
     meta = read_metadata(q)
-    assert meta["quantization"] == "int8-dynamic" and meta["classes"] == list(CLASSES)
+    assert meta["quantization"].startswith("int8-static-qdq") and meta["classes"] == list(CLASSES)
+    assert meta["metrics"]["public_acc_int8"] == exported["public_acc_int8"]
+    assert meta["metrics"]["public_images"] == 28
     fp32, int8 = OnnxClassifier(exported["path"]), OnnxClassifier(q)
     x = faces(32, seed=3)
     p8 = int8.predict_proba(x)
     assert p8.shape == (32, 7) and np.allclose(p8.sum(1), 1, atol=1e-5)
     # quantisation error is bounded: int8 probabilities stay near fp32 for this random model
     assert np.abs(p8 - fp32.predict_proba(x)).max() < 0.05
-    again = quantize_int8(exported["path"], exported["path"].replace(".onnx", ".again.onnx"))
-    assert read_metadata(again)["source_sha256"] == read_metadata(exported["path"])["source_sha256"]
+    dyn = quantize_int8(exported["path"], tmp_path / "dynamic.onnx")  # no calibration: dynamic quantisation
+    assert read_metadata(dyn)["quantization"] == "int8-dynamic"
+    assert read_metadata(dyn)["source_sha256"] == read_metadata(exported["path"])["source_sha256"]
+    assert np.abs(OnnxClassifier(dyn).predict_proba(x) - fp32.predict_proba(x)).max() < 0.05
+
+
+def test_int8_accuracy_gate(checkpoint, exported, fer_tree, tmp_path, capsys):
+    out = tmp_path / "gated.onnx"
+    with pytest.raises(ExportError, match="points below fp32"):
+        int8_with_accuracy_check(exported["path"], out, fer_tree, max_drop=-1.0)  # nothing passes a negative gate
+    assert not out.exists()
+    with pytest.raises(ExportError, match="int8 needs FER2013"):
+        int8_with_accuracy_check(exported["path"], out, tmp_path / "no-such-data")
+    code = main(["export", str(checkpoint), "-o", str(tmp_path / "x.onnx"), "--int8", "--data", str(tmp_path / "no")])
+    assert code == 2 and "int8 needs FER2013" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_int8_of_the_shipped_model_is_within_half_a_point(fer_zip_path, tmp_path):
+    from emolens.runtime import default_model_path
+
+    if not default_model_path("onnx").is_file():
+        pytest.skip("the shipped model is not there yet")
+    r = int8_with_accuracy_check(default_model_path("onnx"), tmp_path / "int8.onnx", fer_zip_path)
+    assert r["public_acc_fp32"] - r["public_acc_int8"] <= 0.005
 
 
 def test_check_failure_removes_the_file(checkpoint, tmp_path):
@@ -110,10 +151,9 @@ def test_ship_makes_a_slim_fp16_pair_that_agrees(checkpoint, tmp_path, capsys):
 
 def test_cli_export(checkpoint, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
-    assert main(["export", str(checkpoint), "-o", str(out), "--int8"]) == 0
+    assert main(["export", str(checkpoint), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert out.is_file() and (tmp_path / "cli.int8.onnx").is_file()
-    assert "max |dp|" in printed and "int8" in printed
+    assert out.is_file() and "max |dp|" in printed and "opset 17" in printed
     assert main(["export", str(checkpoint), "--ship", str(tmp_path / "w")]) == 0
     assert "total" in capsys.readouterr().out and (tmp_path / "w" / "emolens_cnn_lstm.onnx").is_file()
 
