@@ -552,8 +552,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         yield
 
     app = FastAPI(title="emolens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Facial emotion recognition (angry, disgust, fear, happy, neutral, sad, surprise). "
-                              "Images are processed in memory and never stored.")
+                  description=_DESCRIPTION)
     app.state.limits = limits
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -690,6 +689,16 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
     return app
 
 
+_DESCRIPTION = """Facial emotion recognition (angry, disgust, fear, happy, neutral, sad, surprise).
+Images are processed in memory and never stored. Errors are 4xx with `{"error": {"code", "message"}}`.
+
+**Live stream** (WebSocket, not listed below): connect to `/v1/stream`; the server sends `{"type": "ready"}`
+(with an API key: send header `X-API-Key`, or first a text message `{"api_key": "..."}`); then send JPEG
+frames as binary messages. Each processed frame is answered with `{"type": "result", "frame", "width",
+"height", "faces": [{"track_id", "box", "emotion", "confidence", "probabilities"}], "dropped", "timing_ms"}`;
+frames sent faster than they can be processed are dropped (only the newest waits), never queued. A text
+message `{"reset": true}` restarts tracking. Idle connections are closed after a minute."""
+
 _PAGE_HEADERS = {
     # Only our own scripts, styles and the API (ws: for the stream); blob:/data: for camera and upload previews.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
@@ -782,9 +791,10 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
                 return
             data = msg.get("bytes")
             if data is None:
-                text = msg.get("text") or ""
-                if text.strip().startswith("{") and '"reset"' in text:
-                    session.reset()
+                with contextlib.suppress(ValueError):
+                    control = json.loads(msg.get("text") or "null")
+                    if isinstance(control, dict) and control.get("reset"):
+                        session.reset()
                 continue  # other text (a repeated api_key, pings) is ignored
             if latest:
                 counters["dropped"] += 1  # the unprocessed frame is superseded: drop it, do not queue
