@@ -293,6 +293,8 @@ def test_truncated_image(rec, astronaut_png, tmp_path):
     Image.open(astronaut_png).save(jpg, "JPEG")
     with pytest.raises(ImageError, match="truncated"):
         rec.predict(jpg.getvalue()[:5000])
+    with pytest.raises(ImageError, match="truncated"):  # PIL opens lazily: the error shows when we decode
+        rec.predict(Image.open(io.BytesIO(jpg.getvalue()[:5000])))
 
 
 def test_huge_image_is_refused_before_decoding(rec, tmp_path):

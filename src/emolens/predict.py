@@ -135,7 +135,10 @@ def to_bgr(image: ImageInput, channel_order: str = "bgr", max_pixels: int = MAX_
         from PIL import ImageOps
 
         _check_size(image.width, image.height, "image", max_pixels)
-        return _pil_to_bgr(ImageOps.exif_transpose(image), "image")
+        try:
+            return _pil_to_bgr(ImageOps.exif_transpose(image), "image")
+        except (OSError, ValueError) as e:  # a lazily opened PIL image decodes here: truncated data shows now
+            raise ImageError(f"image: unreadable image ({str(e).splitlines()[0][:160]})") from None
     if isinstance(image, np.ndarray):
         return _array_to_bgr(image, channel_order, max_pixels)
     raise ImageError(f"unsupported image type {type(image).__name__}: give a path, bytes, a PIL image or a "
