@@ -51,7 +51,9 @@ def _add_predict(sub) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or globs")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of tables")
     p.add_argument("--save-dir", default=None, metavar="DIR", help="write annotated images and predictions.csv here")
-    p.add_argument("--detector", default="auto", help="face detector: auto, haar, ... (see emolens bench predict)")
+    p.add_argument("--detector", default="auto",
+                   help="face detector: auto (dlib when installed, else haar), dlib, dlib-small (faces down to "
+                        "~32 px, 4x slower), haar")
     p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
     p.add_argument("--no-detect", action="store_true",
                    help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
