@@ -151,3 +151,17 @@ def test_bench_predict(onnx_model, capsys, tmp_path, monkeypatch):
     for row in ("| torch fp32 | flip |", "| torch fp32 | none |", "| onnx fp32 | flip |", "| onnx int8 | none |",
                 "| haar |", "CPU cores:"):
         assert row in out
+
+
+def test_detector_quality_benchmark(tmp_path):
+    """The default detector keeps the recall and the zero false alarms recorded in the README."""
+    from emolens.bench import bench_detector_quality, format_detector_quality
+    from emolens.faces import available_detectors
+
+    if "dlib" not in available_detectors():
+        pytest.skip("dlib-bin not installed")
+    (row,) = bench_detector_quality(["dlib"], data=tmp_path / "no-fer")
+    assert row["synthetic_total"] == 100 and row["synthetic_found"] >= 85
+    assert row["negative_images"] == 17 and row["negative_false"] == 0
+    assert row["fer_total"] == 0  # no data given: that part is skipped, not faked
+    assert "| dlib |" in format_detector_quality([row])

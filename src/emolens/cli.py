@@ -558,6 +558,9 @@ def _add_bench_predict(bsub) -> None:
     p.add_argument("--threads", type=int, default=0, help="inference threads (0 = the libraries' default)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds spent on each measurement")
     p.add_argument("--detector", action="append", default=None, help="detector(s) to time (default: all installed)")
+    p.add_argument("--detector-quality", action="store_true",
+                   help="instead: recall and false hits of each detector on synthetic frames from real photos, "
+                        "FER2013 PublicTest faces (when the data is there) and face-free photos (a few minutes)")
 
 
 def _cmd_bench_predict(args) -> int:
@@ -565,6 +568,11 @@ def _cmd_bench_predict(args) -> int:
 
     if args.batch < 1 or args.threads < 0 or args.min_time <= 0:
         raise UsageError("--batch must be >= 1, --threads >= 0 and --min-time > 0")
+    if args.detector_quality:
+        from .bench import bench_detector_quality, format_detector_quality
+
+        print(format_detector_quality(bench_detector_quality(args.detector)))
+        return 0
     print(format_predict(bench_predict(args.model, batch=args.batch, threads=args.threads, min_time=args.min_time,
                                        detectors=args.detector)))
     return 0
