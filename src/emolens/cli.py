@@ -185,6 +185,7 @@ def _cmd_predict(args) -> int:
         summary += f"; predictions: {csv_dir / 'predictions.csv'}"
     if save_dir is not None:
         summary += f"; annotated images: {save_dir}/"
+    sys.stdout.flush()  # the tables (stdout) before the summary (stderr) when both go to one terminal or file
     err.print(summary, markup=False, highlight=False, soft_wrap=True)
     return 1 if failed else 0
 
