@@ -256,16 +256,19 @@ class TemporalLSTM(nn.Module):
     embedding, a causal LSTM reads them in order and a head gives one (7,) logit vector per frame.
 
     (B, T, 1, 48, 48) frames -> (B, T, 7) logits. Unidirectional, so a live video is labelled as it plays.
-    The image model's own classifier (``encoder.fc``) is a skip path and the LSTM branch starts near zero:
-    training starts from the per-frame answer and learns the temporal correction. Only
-    :meth:`head_state_dict` is shipped; the encoder's weights (its classifier included) come from the image
-    checkpoint the head was trained on.
+    Each step the LSTM reads the encoder's per-frame log-probabilities (``encoder.fc``; ``feed_logits``) and a
+    dropout-regularised projection of the embedding (dropout matters: the head is trained on FER's Training
+    faces, which the encoder has seen, and would otherwise learn to recognise them rather than how labels
+    move). The per-frame logits are also a skip path and the LSTM branch starts near zero, so training starts
+    from the per-frame answer and learns the temporal correction. Only :meth:`head_state_dict` is shipped;
+    the encoder's weights (its classifier included) come from the image checkpoint the head was trained on.
     """
 
     input_kind = "sequence"
 
     def __init__(self, num_classes: int = 7, encoder: str = "cnn_lstm", encoder_kwargs: dict | None = None,
-                 proj: int = 64, hidden: int = 96, num_layers: int = 1, drop: float = 0.2, num_frames: int = 32):
+                 proj: int = 64, hidden: int = 96, num_layers: int = 1, drop: float = 0.4, feed_logits: bool = True,
+                 num_frames: int = 32):
         super().__init__()
         if encoder == "temporal_lstm":
             raise ValueError("the encoder of temporal_lstm must be an image model")
@@ -273,9 +276,11 @@ class TemporalLSTM(nn.Module):
         d = self.encoder.embed_dim
         self.frame_dim = d
         self.num_frames = num_frames  # the window the head is trained on and run over
+        self.feed_logits = feed_logits
         self.in_norm = nn.LayerNorm(d)
-        self.proj = nn.Sequential(nn.Linear(d, proj), nn.GELU(), nn.Dropout(drop))
-        self.lstm = nn.LSTM(proj, hidden, num_layers, batch_first=True, dropout=drop if num_layers > 1 else 0.0)
+        self.proj = nn.Sequential(nn.Dropout(drop), nn.Linear(d, proj), nn.GELU())
+        n_in = proj + (num_classes if feed_logits else 0)
+        self.lstm = nn.LSTM(n_in, hidden, num_layers, batch_first=True, dropout=drop if num_layers > 1 else 0.0)
         self.fc = nn.Sequential(nn.Dropout(drop), nn.Linear(hidden, num_classes))
         nn.init.normal_(self.fc[-1].weight, std=0.01)  # small, not zero: every parameter gets a gradient
         nn.init.zeros_(self.fc[-1].bias)
@@ -290,8 +295,12 @@ class TemporalLSTM(nn.Module):
     def forward_sequence(self, emb: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
                          pre_logits: bool = False):
         """(B, T, D) embeddings -> (B, T, 7) logits (or the (B, T, hidden) LSTM outputs when ``pre_logits``)."""
-        seq, _ = self.lstm(self.proj(self.in_norm(emb)), state)  # (B, T, hidden)
-        return seq if pre_logits else self.encoder.fc(emb) + self.fc(seq)  # per-frame logits + correction
+        frame_logits = self.encoder.fc(emb)  # (B, T, 7): the image model's own answer per frame
+        x = self.proj(self.in_norm(emb))  # (B, T, proj)
+        if self.feed_logits:
+            x = torch.cat([frame_logits.log_softmax(-1), x], -1)
+        seq, _ = self.lstm(x, state)  # (B, T, hidden)
+        return seq if pre_logits else frame_logits + self.fc(seq)  # per-frame logits + temporal correction
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Single frames (B, 1, S, S) -> the encoder's (B, C, h, w) map."""

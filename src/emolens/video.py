@@ -417,7 +417,9 @@ class VideoProcessor:
         """(N, 48, 48) uint8 face crops, cut as the photo path cuts them (square, margin, eyes level)."""
         from .faces import square_crop
 
-        margin = getattr(self.recognizer, "margin", 0.2)
+        margin = getattr(self.recognizer, "margin", None)
+        if margin is None:  # the detector's own, matched to FER2013's framing (emolens.faces)
+            margin = getattr(self.recognizer.detector, "margin", 0.2)
         align = getattr(self.recognizer, "align", True)
         out = []
         for i, b in enumerate(boxes):
@@ -565,10 +567,10 @@ def read_frames(source: str | Path, max_frames: int = 0) -> list[np.ndarray]:
     return frames
 
 
-def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int = 320,
-                    margin: float = 0.2) -> np.ndarray:
+def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int = 0,
+                    margin: float | None = None) -> np.ndarray:
     """(n, 48, 48) uint8 crops of the main face of a clip (its longest track), one per frame, cut as photos
-    are (square, ``margin``, eyes level where found).
+    are (square, ``margin`` (default: the detector's), eyes level where found).
 
     Frames where that face was not found take the nearest frame's box; a clip where no face is found at
     all is taken to be face crops already, and used whole. ``detector``: a FaceDetector or a name."""
@@ -577,6 +579,7 @@ def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int =
     from .faces import create_detector, eye_angle, square_crop
 
     det = create_detector(detector or "auto")
+    margin = det.margin if margin is None else margin
     tracker = Tracker(max_misses=len(frames))
     per_frame: list[dict[int, tuple[np.ndarray, float]]] = []
     for f in frames:
