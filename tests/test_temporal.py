@@ -283,3 +283,24 @@ def test_bad_sequence_folder(tmp_path):
     (tmp_path / "grumpy" / "c").mkdir(parents=True)
     with pytest.raises(DataError, match="unknown class folder 'grumpy'"):
         load_sequence_folder(tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_bench_temporal_prints_the_table(trained, runtime, capsys):
+    """`emolens bench temporal` with the trained pair: torch (.pt files) or ONNX (what the video pipeline runs)."""
+    from emolens.cli import main
+    from emolens.export import export_onnx
+
+    out, img_path, tmp = trained
+    image, head = img_path, out / "temporal.pt"
+    if runtime == "onnx":
+        image = export_onnx(img_path, tmp / "image.onnx")["path"]
+        head = out / "temporal.onnx"
+    rc = main(["bench", "temporal", "--data", str(tmp / "fer"), "--model", str(image), "--temporal-model", str(head),
+               "--runtime", runtime, "--sequences", "12", "--length", "24", "--runs", "20", "--ema", "0.5"])
+    assert rc == 0, capsys.readouterr().err
+    table = capsys.readouterr().out
+    assert "PublicTest: 12 sequences x 24 frames" in table
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["ground truth", "per-frame argmax",
+                                                        "EMA of probabilities (alpha 0.5)", "temporal LSTM"]

@@ -293,10 +293,15 @@ class TemporalLSTM(nn.Module):
         return z.reshape(b, t, -1)
 
     def forward_sequence(self, emb: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         pre_logits: bool = False):
-        """(B, T, D) embeddings -> (B, T, 7) logits (or the (B, T, hidden) LSTM outputs when ``pre_logits``)."""
+                         pre_logits: bool = False, noise: float = 0.0):
+        """(B, T, D) embeddings -> (B, T, 7) logits (or the (B, T, hidden) LSTM outputs when ``pre_logits``).
+        ``noise``: std of Gaussian noise on the normalised embedding the LSTM reads, a training regulariser;
+        the per-frame skip path and the log-probabilities fed to the LSTM stay clean, as at inference."""
         frame_logits = self.encoder.fc(emb)  # (B, T, 7): the image model's own answer per frame
-        x = self.proj(self.in_norm(emb))  # (B, T, proj)
+        z = self.in_norm(emb)
+        if noise > 0:
+            z = z + noise * torch.randn_like(z)
+        x = self.proj(z)  # (B, T, proj)
         if self.feed_logits:
             x = torch.cat([frame_logits.log_softmax(-1), x], -1)
         seq, _ = self.lstm(x, state)  # (B, T, hidden)

@@ -628,7 +628,8 @@ class SequenceConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW, cosine)"})
     weight_decay: float = field(default=1e-2, metadata={"help": "weight decay"})
     label_smoothing: float = field(default=0.05, metadata={"help": "label smoothing of the per-frame loss"})
-    emb_noise: float = field(default=0.6, metadata={"help": "Gaussian noise added to the embeddings in training"})
+    emb_noise: float = field(default=0.6, metadata={
+        "help": "Gaussian noise on the (normalised) embedding the LSTM reads, in training"})
     smooth_loss: float = field(default=1.0, metadata={
         "help": "weight of the penalty on probability changes between frames of the same expression"})
     finetune: bool = field(default=False, metadata={"help": "train the image encoder too (slow on CPU)"})
@@ -862,7 +863,6 @@ def train_sequence(cfg: SequenceConfig) -> Path:
         return {"val_loss": loss, "val_acc": acc, "val_frame_acc": frame_acc}
 
     history: list[dict[str, Any]] = []
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     log(f"training temporal_lstm head ({sum(p.numel() for p in head_params) / 1e3:.0f} k params"
         f"{', encoder fine-tuned' if cfg.finetune else ', encoder frozen'}) on {device}: {cfg.epochs} epochs x "
         f"{cfg.steps_per_epoch} steps x {cfg.batch_size} sequences of {cfg.seq_len} frames -> {out}")
@@ -884,9 +884,7 @@ def train_sequence(cfg: SequenceConfig) -> Path:
                 emb = model.embed_frames(x)
             else:
                 emb = torch.from_numpy(bank.emb[ri[sl], fi[sl]]).to(device)  # (B, T, D)
-            if cfg.emb_noise > 0:
-                emb = emb + cfg.emb_noise * torch.randn(emb.shape, generator=gen).to(device)
-            logits = model.forward_sequence(emb)  # (B, T, 7)
+            logits = model.forward_sequence(emb, noise=cfg.emb_noise)  # (B, T, 7)
             m = y >= 0
             loss = F.cross_entropy(logits[m], y[m], label_smoothing=cfg.label_smoothing)
             if cfg.smooth_loss > 0:
