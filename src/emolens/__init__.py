@@ -19,8 +19,10 @@ _LAZY = {
     "EmotionRecognizer": "predict", "Face": "predict", "predict_emotion": "predict", "detect_emotion": "predict",
     "load_dataset": "data", "FERDataset": "data", "preprocess": "preprocess", "CLASSES": "preprocess",
     "create_model": "models", "list_models": "models", "load_classifier": "runtime",
-    "train": "train", "TrainConfig": "train", "evaluate": "evaluate",
+    "TrainConfig": "config",
 }
+# Training and evaluation are ``emolens.train.train(cfg)`` and ``emolens.evaluate.evaluate(...)``: exporting the
+# functions here as ``emolens.train`` would be shadowed by the submodule of the same name once it is imported.
 
 __all__ = ["__version__", *_LAZY]
 

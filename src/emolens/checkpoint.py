@@ -21,11 +21,21 @@ class CheckpointError(ValueError):
     """A file that is not an emolens checkpoint, or one that does not match its recorded hash."""
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600 would make shipped
+    weights and reports unreadable to other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -76,9 +86,6 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint file; CheckpointError when it is not one."""
-    import pickle
-    import zipfile
-
     import torch
 
     path = Path(path)
@@ -88,10 +95,14 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
         # files written before torch_version was stored as str hold a TorchVersion (a str subclass)
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001  (torch's unpickler raises KeyError, IndexError, ... on arbitrary bytes)
         raise CheckpointError(f"{path}: not an emolens checkpoint ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an emolens checkpoint (no '{FORMAT}' header)")
+    missing = [k for k in ("model", "state_dict", "classes") if k not in ckpt]
+    if missing or not isinstance(ckpt["model"], dict) or "name" not in ckpt["model"]:
+        raise CheckpointError(f"{path}: damaged emolens checkpoint (missing {', '.join(missing) or 'model name'})")
+    ckpt["model"].setdefault("kwargs", {})
     return ckpt
 
 

@@ -318,8 +318,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from .config import add_config_arguments
-    from .train import TrainConfig
+    from .config import TrainConfig, add_config_arguments
 
     p = sub.add_parser("train", help="train a model",
                        description="Train an emotion model. Options come from defaults, then --config YAML, then "

@@ -9,8 +9,9 @@ import difflib
 import math
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -162,3 +163,66 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The ``--key value`` options given on the command line, as {field: string value}."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+@dataclass
+class TrainConfig:
+    """The image model's training recipe. Lives here (not in emolens.train) so the CLI can build its
+    options without importing torch."""
+    data: str = field(default="", metadata={"help": "FER data: Kaggle folder/zip, fer2013.csv or <class>/ folder"})
+    model: str = field(default="cnn_lstm", metadata={"help": "registered model name (emolens.models.list_models)"})
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": "model arguments, e.g. {lstm_hidden: 64}"})
+    epochs: int = field(default=30, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "images per optimiser step (all processes together)"})
+    optimizer: Literal["sgd", "adamw"] = field(default="sgd", metadata={"help": "sgd (Nesterov) or adamw"})
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    schedule: Literal["onecycle", "cosine", "plateau", "none"] = field(
+        default="onecycle", metadata={"help": "learning-rate schedule"})
+    warmup: float = field(default=0.2, metadata={"help": "one-cycle/cosine warm-up as a fraction of training"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
+    class_weights: bool = field(default=False, metadata={"help": "weight the loss by inverse class frequency"})
+    augment: bool = field(default=True, metadata={"help": "on-device augmentation on/off"})
+    rotate: float = field(default=10.0, metadata={"help": "max rotation, degrees"})
+    zoom: float = field(default=0.1, metadata={"help": "max zoom in/out, fraction"})
+    shift: float = field(default=0.1, metadata={"help": "max shift, fraction of the side"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
+    erase: float = field(default=0.5, metadata={"help": "random-erasing probability"})
+    mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0 = off)"})
+    cutmix: float = field(default=0.0, metadata={"help": "cutmix alpha (0 = off)"})
+    mix_prob: float = field(default=0.5, metadata={"help": "probability a batch is mixed when mixup/cutmix is on"})
+    patience: int = field(default=0, metadata={"help": "early stopping: epochs without PublicTest gain (0 = off)"})
+    eval_tta: Literal["none", "flip"] = field(default="flip", metadata={"help": "TTA for the selection metric"})
+    train_fraction: float = field(default=1.0, metadata={"help": "use this fraction of the training split"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (faster convs on CPU)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch default)"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, init, augmentation)"})
+    out: str = field(default="", metadata={"help": "run folder (default runs/train/<model>-<time>)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        from .models import list_models
+
+        if self.model not in list_models():
+            raise ConfigError(f"model: unknown {self.model!r}; choose one of {', '.join(list_models())}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1")
+        for name in ("patience", "threads", "weight_decay", "momentum", "rotate", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be zero or more, got {getattr(self, name)}")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError("train_fraction: must be in (0, 1]")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be positive")
+        # [lo, hi) ranges; each bound says why: a zoom or shift of 1 maps the face out of the frame
+        for name, lo, hi in (("label_smoothing", 0, 1), ("zoom", 0, 1), ("shift", 0, 1), ("warmup", 0, 1)):
+            if not lo <= getattr(self, name) < hi:
+                raise ConfigError(f"{name}: must be in [{lo}, {hi}), got {getattr(self, name)}")
+        for name in ("erase", "mix_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: a probability, must be in [0, 1], got {getattr(self, name)}")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .checkpoint import default_file_mode
 from .preprocess import CLASSES, INPUT_SIZE, preprocess
 
 #: Split names used everywhere: Training, PublicTest (validation, used for model selection), PrivateTest (test).
@@ -484,6 +485,7 @@ def _save_cache(ds: FERDataset, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=ds.images, labels=ds.labels, splits=ds.splits,
                      sources=np.asarray(ds.sources, dtype=str), skipped=np.asarray(ds.skipped, dtype=str))

@@ -668,7 +668,7 @@ def add_sequence_arguments(parser) -> None:
     """The ``--task sequence`` options that ``emolens train`` does not already have."""
     import dataclasses
 
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     have = {f.name for f in dataclasses.fields(TrainConfig)}
     group = parser.add_argument_group("SequenceConfig options (--task sequence)")
@@ -684,8 +684,7 @@ def train_sequence_cli(args) -> int:
     """``emolens train --task sequence``: SequenceConfig from defaults <- --config YAML <- flags."""
     import dataclasses
 
-    from .config import ConfigError, load_config
-    from .train import TrainConfig
+    from .config import ConfigError, TrainConfig, load_config
 
     if getattr(args, "resume", None):
         raise ConfigError("--resume: the temporal model trains in minutes; start it again instead")
