@@ -143,8 +143,9 @@ def test_ema_and_measure_rows():
 # ---------------------------------------------------------------------------------------------- model
 
 
-def test_temporal_head_is_small_and_causal():
-    m = create_model("temporal_lstm", encoder_kwargs=SMALL).eval()
+@pytest.mark.parametrize("proj", [64, 0])  # 0: the LSTM reads the per-frame log-probabilities only
+def test_temporal_head_is_small_and_causal(proj):
+    m = create_model("temporal_lstm", encoder_kwargs=SMALL, proj=proj).eval()
     head = sum(v.numel() for v in m.head_state_dict().values())
     assert head < 150_000 and not any(k.startswith("encoder.") for k in m.head_state_dict())
     emb = torch.randn(2, 10, m.frame_dim)
@@ -156,6 +157,11 @@ def test_temporal_head_is_small_and_causal():
     assert full.shape == (2, 10, 7)
     torch.testing.assert_close(full[:, :6], part[:, :6])
     assert not torch.allclose(full[:, 6:], part[:, 6:])
+
+
+def test_temporal_head_refuses_an_empty_input():
+    with pytest.raises(ValueError, match="proj"):
+        create_model("temporal_lstm", encoder_kwargs=SMALL, proj=0, feed_logits=False)
 
 
 def test_head_training_on_embeddings_reduces_the_loss():

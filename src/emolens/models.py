@@ -277,8 +277,10 @@ class TemporalLSTM(nn.Module):
         self.frame_dim = d
         self.num_frames = num_frames  # the window the head is trained on and run over
         self.feed_logits = feed_logits
-        self.in_norm = nn.LayerNorm(d)
-        self.proj = nn.Sequential(nn.Dropout(drop), nn.Linear(d, proj), nn.GELU())
+        if proj < 0 or (proj == 0 and not feed_logits):
+            raise ValueError("temporal_lstm: proj must be >= 0, and > 0 unless feed_logits")
+        self.in_norm = nn.LayerNorm(d) if proj else None
+        self.proj = nn.Sequential(nn.Dropout(drop), nn.Linear(d, proj), nn.GELU()) if proj else None
         n_in = proj + (num_classes if feed_logits else 0)
         self.lstm = nn.LSTM(n_in, hidden, num_layers, batch_first=True, dropout=drop if num_layers > 1 else 0.0)
         self.fc = nn.Sequential(nn.Dropout(drop), nn.Linear(hidden, num_classes))
@@ -298,12 +300,13 @@ class TemporalLSTM(nn.Module):
         ``noise``: std of Gaussian noise on the normalised embedding the LSTM reads, a training regulariser;
         the per-frame skip path and the log-probabilities fed to the LSTM stay clean, as at inference."""
         frame_logits = self.encoder.fc(emb)  # (B, T, 7): the image model's own answer per frame
-        z = self.in_norm(emb)
-        if noise > 0:
-            z = z + noise * torch.randn_like(z)
-        x = self.proj(z)  # (B, T, proj)
-        if self.feed_logits:
-            x = torch.cat([frame_logits.log_softmax(-1), x], -1)
+        parts = [frame_logits.log_softmax(-1)] if self.feed_logits else []
+        if self.proj is not None:
+            z = self.in_norm(emb)
+            if noise > 0:
+                z = z + noise * torch.randn_like(z)
+            parts.append(self.proj(z))  # (B, T, proj)
+        x = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
         seq, _ = self.lstm(x, state)  # (B, T, hidden)
         return seq if pre_logits else frame_logits + self.fc(seq)  # per-frame logits + temporal correction
 
