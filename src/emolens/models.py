@@ -256,18 +256,20 @@ class TemporalLSTM(nn.Module):
     embedding, a causal LSTM reads them in order and a head gives one (7,) logit vector per frame.
 
     (B, T, 1, 48, 48) frames -> (B, T, 7) logits. Unidirectional, so a live video is labelled as it plays.
-    Each step the LSTM reads the encoder's per-frame log-probabilities (``encoder.fc``; ``feed_logits``) and a
-    dropout-regularised projection of the embedding (dropout matters: the head is trained on FER's Training
-    faces, which the encoder has seen, and would otherwise learn to recognise them rather than how labels
-    move). The per-frame logits are also a skip path and the LSTM branch starts near zero, so training starts
-    from the per-frame answer and learns the temporal correction. Only :meth:`head_state_dict` is shipped;
-    the encoder's weights (its classifier included) come from the image checkpoint the head was trained on.
+    Each step the LSTM reads the encoder's per-frame log-probabilities (``encoder.fc``; ``feed_logits``) and,
+    when ``proj`` > 0, a dropout-regularised projection of the embedding. ``proj`` is 0 by default: the head is
+    trained on FER's Training faces, which the encoder has seen, and with the embedding in view it learns to
+    recognise those faces rather than how labels move (measured on PublicTest sequences: 59.3 % with proj 64
+    vs 61.0 % with proj 0; per-frame argmax 60.2 %). The per-frame logits are also a skip path and the LSTM
+    branch starts near zero, so training starts from the per-frame answer and learns the temporal correction.
+    Only :meth:`head_state_dict` is shipped; the encoder's weights (its classifier included) come from the
+    image checkpoint the head was trained on.
     """
 
     input_kind = "sequence"
 
     def __init__(self, num_classes: int = 7, encoder: str = "cnn_lstm", encoder_kwargs: dict | None = None,
-                 proj: int = 64, hidden: int = 96, num_layers: int = 1, drop: float = 0.4, feed_logits: bool = True,
+                 proj: int = 0, hidden: int = 96, num_layers: int = 1, drop: float = 0.4, feed_logits: bool = True,
                  num_frames: int = 32):
         super().__init__()
         if encoder == "temporal_lstm":

@@ -629,8 +629,8 @@ class SequenceConfig:
     weight_decay: float = field(default=1e-2, metadata={"help": "weight decay"})
     label_smoothing: float = field(default=0.05, metadata={"help": "label smoothing of the per-frame loss"})
     emb_noise: float = field(default=0.6, metadata={
-        "help": "Gaussian noise on the (normalised) embedding the LSTM reads, in training"})
-    smooth_loss: float = field(default=1.0, metadata={
+        "help": "Gaussian noise on the (normalised) embedding the LSTM reads, in training (model_kwargs proj > 0)"})
+    smooth_loss: float = field(default=4.0, metadata={
         "help": "weight of the penalty on probability changes between frames of the same expression"})
     finetune: bool = field(default=False, metadata={"help": "train the image encoder too (slow on CPU)"})
     encoder_lr: float = field(default=1e-4, metadata={"help": "encoder learning rate when fine-tuning"})
