@@ -299,8 +299,8 @@ class TemporalLSTM(nn.Module):
     def forward_sequence(self, emb: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
                          pre_logits: bool = False, noise: float = 0.0):
         """(B, T, D) embeddings -> (B, T, 7) logits (or the (B, T, hidden) LSTM outputs when ``pre_logits``).
-        ``noise``: std of Gaussian noise on the normalised embedding the LSTM reads, a training regulariser;
-        the per-frame skip path and the log-probabilities fed to the LSTM stay clean, as at inference."""
+        ``noise``: std of Gaussian noise on the normalised embedding the LSTM reads (``proj`` > 0), a training
+        regulariser; the per-frame skip path and the log-probabilities fed to the LSTM stay clean, as at inference."""
         frame_logits = self.encoder.fc(emb)  # (B, T, 7): the image model's own answer per frame
         parts = [frame_logits.log_softmax(-1)] if self.feed_logits else []
         if self.proj is not None:
@@ -308,7 +308,7 @@ class TemporalLSTM(nn.Module):
             if noise > 0:
                 z = z + noise * torch.randn_like(z)
             parts.append(self.proj(z))  # (B, T, proj)
-        x = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        x = torch.cat(parts, -1)  # (B, T, 7 + proj)
         seq, _ = self.lstm(x, state)  # (B, T, hidden)
         return seq if pre_logits else frame_logits + self.fc(seq)  # per-frame logits + temporal correction
 
