@@ -196,7 +196,8 @@ class TrainConfig:
     eval_tta: Literal["none", "flip"] = field(default="flip", metadata={"help": "TTA for the selection metric"})
     train_fraction: float = field(default=1.0, metadata={"help": "use this fraction of the training split"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)"})
+    amp: bool = field(default=True, metadata={
+        "help": "bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16 (float32 elsewhere)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (faster convs on CPU)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch default)"})

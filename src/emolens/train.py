@@ -10,6 +10,7 @@ CPU data loader and CPU training needs no worker processes. Multi-GPU: launch wi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -134,9 +135,38 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Gen
 # epochs
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so no claim of fast bf16
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU runs bf16 matrix work natively (Intel AMX, or AVX512-BF16 on Intel and AMD),
+    where oneDNN's bf16 convolutions are 2-3x faster than float32. Elsewhere bf16 would be emulated and slower."""
+    return bool(torch.backends.mkldnn.is_available() and _cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def amp_enabled(device: torch.device, requested: bool) -> bool:
+    """Whether ``amp: true`` runs bf16 autocast on ``device``: always on CUDA, on CPUs with fast bf16."""
+    if not requested:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and cpu_has_fast_bf16()
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where it is fast (see :func:`amp_enabled`), else a no-op context. Losses and
+    log-softmax are taken outside it in float32."""
+    if amp_enabled(device, enabled):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -181,7 +211,8 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         x, ya, yb, lam = mix_batch(x, y, cfg, gen)
         with _autocast(dev, cfg.amp):
             logits = model(x)
-            loss = lam * loss_fn(logits, ya) + (1 - lam) * loss_fn(logits, yb) if lam < 1 else loss_fn(logits, y)
+        logits = logits.float()  # the loss and the metrics in float32
+        loss = lam * loss_fn(logits, ya) + (1 - lam) * loss_fn(logits, yb) if lam < 1 else loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]  # the LR this step used (the scheduler moves it on just below)
@@ -227,10 +258,12 @@ def _predict_views(model: nn.Module, images: torch.Tensor, with_flip: bool, batc
         for i in range(0, len(images), batch_size):
             x = to_input(images[i:i + batch_size])
             with _autocast(images.device, amp):
-                lp = model(x).float().log_softmax(1)  # log-softmax in float32: no log(0) from bf16 underflow
-                if with_flip:
-                    lp_flip = model(x.flip(3)).float().log_softmax(1)
-                    flip.append(torch.logaddexp(lp, lp_flip) - math.log(2))  # log of the mean probability
+                logits = model(x)
+                logits_flip = model(x.flip(3)) if with_flip else None
+            lp = logits.float().log_softmax(1)  # log-softmax in float32: no log(0) from bf16 underflow
+            if logits_flip is not None:
+                lp_flip = logits_flip.float().log_softmax(1)
+                flip.append(torch.logaddexp(lp, lp_flip) - math.log(2))  # log of the mean probability
             plain.append(lp)
     empty = torch.zeros(0, len(CLASSES), device=images.device)
     return (torch.cat(plain) if plain else empty,
@@ -442,8 +475,11 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
     if cfg.compile:
         net = torch.compile(net)
 
+    if rank == 0 and cfg.amp and device.type == "cpu" and not amp_enabled(device, True):
+        log("note: this CPU has no fast bf16 (AMX or AVX512-BF16): training in float32")
     if rank == 0:
-        log(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M params) on {device} x{world}: "
+        log(f"training {cfg.model} ({count_parameters(model) / 1e6:.2f} M params) on {device} x{world} "
+            f"({'bf16 autocast' if amp_enabled(device, cfg.amp) else 'float32'}): "
             f"{len(y_tr)} train / {len(y_va)} val images, {cfg.epochs} epochs -> {out}")
     per_step = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     last_plot = time.time()
@@ -473,7 +509,7 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
             history.append(row)
             metrics = {"public_acc": stats["val_acc"], "public_acc_flip": stats["val_acc_flip"], "epoch": epoch + 1,
                        "val_images": len(y_va), "train_images": len(y_tr), "device": str(device),
-                       "world_size": world}
+                       "world_size": world, "precision": "bf16" if amp_enabled(device, cfg.amp) else "fp32"}
             stop = bool(cfg.patience) and bad_epochs >= cfg.patience
             if improved:
                 best = {"val_acc_sel": sel, "epoch": epoch + 1, **metrics}
@@ -506,4 +542,5 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
 
 
 __all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "predict_logits", "select_device",
+           "amp_enabled", "cpu_has_fast_bf16",
            "load_model", "to_input", "augment_batch", "mix_batch", "epoch_seed", "steps_per_epoch"]
