@@ -193,6 +193,10 @@ class TrainConfig:
     cutmix: float = field(default=0.0, metadata={"help": "cutmix alpha (0 = off)"})
     mix_prob: float = field(default=0.5, metadata={"help": "probability a batch is mixed when mixup/cutmix is on"})
     patience: int = field(default=0, metadata={"help": "early stopping: epochs without PublicTest gain (0 = off)"})
+    teachers: list[str] = field(default_factory=list, metadata={
+        "help": "distillation: teacher checkpoints (.pt) whose averaged soft predictions the model also learns"})
+    distill_alpha: float = field(default=0.7, metadata={"help": "weight of the distillation loss (1 - it: labels)"})
+    distill_temperature: float = field(default=4.0, metadata={"help": "softmax temperature of the distillation"})
     eval_tta: Literal["none", "flip"] = field(default="flip", metadata={"help": "TTA for the selection metric"})
     train_fraction: float = field(default=1.0, metadata={"help": "use this fraction of the training split"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -224,6 +228,8 @@ class TrainConfig:
         for name, lo, hi in (("label_smoothing", 0, 1), ("zoom", 0, 1), ("shift", 0, 1), ("warmup", 0, 1)):
             if not lo <= getattr(self, name) < hi:
                 raise ConfigError(f"{name}: must be in [{lo}, {hi}), got {getattr(self, name)}")
-        for name in ("erase", "mix_prob"):
+        if self.distill_temperature <= 0:
+            raise ConfigError("distill_temperature: must be positive")
+        for name in ("erase", "mix_prob", "distill_alpha"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}: a probability, must be in [0, 1], got {getattr(self, name)}")

@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,47 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+@torch.no_grad()
+def teacher_probs(teachers: Sequence[nn.Module], x: torch.Tensor, temperature: float, amp: bool) -> torch.Tensor:
+    """(B, 1, 48, 48) input -> (B, 7) float32 mean of the teachers' softmax(logits / T): the ensemble's soft target."""
+    probs = None
+    for t in teachers:
+        with _autocast(x.device, amp):
+            logits = t(x)
+        p = (logits.float() / temperature).softmax(1)
+        probs = p if probs is None else probs + p
+    return probs / len(teachers)
+
+
+def distill_loss(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teachers || student) at temperature T, scaled by T^2 so its gradients keep the size of the
+    cross-entropy's as T changes (Hinton et al. 2015). (B, 7) float32 logits and probabilities."""
+    log_p = (logits / temperature).log_softmax(1)
+    return F.kl_div(log_p, target_probs, reduction="batchmean") * temperature ** 2
+
+
+def load_teachers(paths: Sequence[str | Path], device: torch.device, channels_last: bool = True) -> list[nn.Module]:
+    """The teacher models (eval mode, frozen) for distillation, from their self-describing checkpoints."""
+    teachers = []
+    for path in paths:
+        model, _ = load_model(path, device=str(device))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        teachers.append(model.eval())
+    return teachers
+
+
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
                     loss_fn: nn.Module, cfg: TrainConfig, gen: torch.Generator, epoch: int,
-                    rank: int = 0, world: int = 1, per_step_schedule: bool = True) -> dict[str, float]:
+                    rank: int = 0, world: int = 1, per_step_schedule: bool = True,
+                    teachers: Sequence[nn.Module] = ()) -> dict[str, float]:
     """One pass over (N, 48, 48) uint8 ``images`` on the device; returns {train_loss, train_acc, lr,
     train_seconds}, summed over all ``world`` processes.
+
+    With ``teachers`` the loss is ``(1 - a) * CE(labels) + a * KD(teachers)`` (``a = cfg.distill_alpha``),
+    the teachers seeing exactly the augmented (and mixed) batch the student sees.
 
     Every process draws the same permutation; each global batch of ``batch_size`` images is cut into
     ``world`` disjoint shards of ``batch_size // world`` and DDP averages the shards' gradients, so a step
@@ -213,6 +250,10 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             logits = model(x)
         logits = logits.float()  # the loss and the metrics in float32
         loss = lam * loss_fn(logits, ya) + (1 - lam) * loss_fn(logits, yb) if lam < 1 else loss_fn(logits, y)
+        if teachers:
+            soft = teacher_probs(teachers, x, cfg.distill_temperature, cfg.amp)
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(logits, soft,
+                                                                                      cfg.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]  # the LR this step used (the scheduler moves it on just below)
@@ -467,6 +508,10 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
         weights = (counts.sum() / (len(CLASSES) * counts)).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
 
+    teachers = load_teachers(cfg.teachers, device, cfg.channels_last) if cfg.teachers else []
+    if teachers and rank == 0:
+        log(f"distilling from {len(teachers)} teacher(s) (alpha {cfg.distill_alpha}, T {cfg.distill_temperature})")
+
     net: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -492,7 +537,8 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
         # every stream re-seeded from (seed, epoch, rank): a resumed run repeats the uninterrupted one
         gen.manual_seed(epoch_seed(cfg.seed, epoch, rank, 1))
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank, 2))  # dropout masks
-        stats = train_one_epoch(net, x_tr, y_tr, optimizer, scheduler, loss_fn, cfg, gen, epoch, rank, world, per_step)
+        stats = train_one_epoch(net, x_tr, y_tr, optimizer, scheduler, loss_fn, cfg, gen, epoch, rank, world, per_step,
+                                teachers)
         decision = torch.zeros(2, dtype=torch.float64, device=device)  # (selection metric, stop)
         if rank == 0:
             t0 = time.time()
@@ -542,5 +588,5 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
 
 
 __all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "predict_logits", "select_device",
-           "amp_enabled", "cpu_has_fast_bf16",
+           "amp_enabled", "cpu_has_fast_bf16", "teacher_probs", "distill_loss", "load_teachers",
            "load_model", "to_input", "augment_batch", "mix_batch", "epoch_seed", "steps_per_epoch"]
