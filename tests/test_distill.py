@@ -94,3 +94,17 @@ def test_cpu_autocast_runs_bf16_only_where_the_cpu_is_fast():
     assert out.dtype == (torch.bfloat16 if amp_enabled(cpu, True) else torch.float32)
     # the loss is taken in float32 whatever the autocast
     assert F.cross_entropy(out.float(), torch.tensor([0, 1])).dtype == torch.float32
+
+
+def test_bench_train_prints_both_precisions_side_by_side(capsys):
+    from emolens.cli import main
+
+    assert main(["bench", "train", "--model", "cnn", "--rounds", "1", "--steps", "1", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "| fp32 img/s | bf16 img/s | bf16 / fp32 |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| cnn |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[4]) > 0
+    if amp_enabled(torch.device("cpu"), True):
+        assert float(cells[5]) > 0 and cells[6].endswith("x")
+    assert main(["bench", "train", "--model", "nope"]) == 2

@@ -531,7 +531,7 @@ def _cmd_bench_serve(args) -> int:
 
 #: ``emolens bench`` sub-verbs; each has ``_add_bench_<name>(bench_subparsers)`` and ``_cmd_bench_<name>(args)``
 #: in its module's section (missing ones are skipped), like the top-level verbs.
-_BENCH_VERBS = ["predict", "video", "temporal", "serve"]
+_BENCH_VERBS = ["predict", "video", "temporal", "serve", "train"]
 
 
 def _add_bench(sub) -> None:
@@ -627,6 +627,44 @@ def _cmd_bench_temporal(args) -> int:
         raise UsageError("--sequences, --length and --runs must be at least 1, --ema values in (0, 1]")
     print(benchmark_temporal(args.data, args.model, args.temporal_model, args.runtime, args.sequences, args.length,
                              args.runs, ema=tuple(args.ema), seed=args.seed))
+    return 0
+
+
+def _add_bench_train(bsub) -> None:
+    p = bsub.add_parser("train", help="training img/s in float32 vs bf16 autocast, side by side",
+                        description="Time training steps (augmentation, forward, loss, backward, SGD) in float32 "
+                                    "and under bf16 autocast, interleaved, and print img/s and their ratio. bf16 "
+                                    "runs where the hardware is fast at it (CUDA is not used here; CPUs with AMX "
+                                    "or AVX512-BF16); elsewhere only float32 is shown.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", action="append", default=None, help="registered model(s) (default: cnn_lstm and cnn)")
+    p.add_argument("--model-kwargs", default="{}", help='model arguments as YAML, e.g. "{widths: [64, 128, 256, 512]}"')
+    p.add_argument("--batch", type=int, default=128, help="images per step")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds; the median round counts")
+    p.add_argument("--steps", type=int, default=4, help="steps of each precision per round")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+
+
+def _cmd_bench_train(args) -> int:
+    import yaml
+
+    from .bench import bench_train, format_train
+
+    if min(args.batch, args.rounds, args.steps) < 1 or args.threads < 0:
+        raise UsageError("--batch, --rounds and --steps must be at least 1, --threads >= 0")
+    kwargs = yaml.safe_load(args.model_kwargs) or {}
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--model-kwargs: expected a mapping such as {{lstm_hidden: 64}}, got {args.model_kwargs!r}")
+    try:
+        from .models import list_models
+    except ImportError:
+        raise UsageError("bench train needs PyTorch: pip install 'emolens[train]'") from None
+
+    names = args.model or ["cnn_lstm", "cnn"]
+    unknown = [n for n in names if n not in list_models()]
+    if unknown:
+        raise UsageError(f"--model: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    print(format_train([bench_train(n, kwargs, args.batch, args.rounds, args.steps, args.threads) for n in names]))
     return 0
 
 
