@@ -4,6 +4,7 @@ trained from teacher checkpoints end to end on the tiny synthetic dataset of tes
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +68,20 @@ def test_student_trains_from_teacher_checkpoints(data, tmp_path, monkeypatch):
     # the same student without teachers follows another path: the teachers' loss term is really used
     alone = train(_cfg(data, tmp_path / "alone", epochs=2, seed=3), **quiet)
     assert _history(alone)[0]["train_loss"] != _history(student)[0]["train_loss"]
+
+    # the model card's teacher table: each model and the ensemble, the single models as in training
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("ensemble", Path(__file__).parents[1] / "scripts" / "ensemble.py")
+    ensemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ensemble)
+    assert ensemble.main([*teachers, "--data", str(data), "--json", str(tmp_path / "ens.json")]) == 0
+    rows = json.loads((tmp_path / "ens.json").read_text())
+    assert [r["model"] for r in rows[:2]] == teachers and rows[2]["model"].startswith("ensemble of 2")
+    for r, run in zip(rows[:2], (t1, t2), strict=True):  # one image of slack: training scored in bf16
+        assert r["acc_flip"] == pytest.approx(read_checkpoint(run / "best.pt")["metrics"]["public_acc_flip"],
+                                              abs=1 / 14 + 1e-6)
 
 
 def test_distillation_config_is_checked(data):
