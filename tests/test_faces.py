@@ -125,7 +125,9 @@ def test_rotated_face_aligned_crop_is_closer_to_upright(name, astronaut):
     if not found or found[0].landmarks is None:
         pytest.skip(f"{name} found no eyes on the tilted face")
     (d,) = found
-    assert eye_angle(d.landmarks) == pytest.approx(-15, abs=6)
+    # relative to the upright photo's own eye line (the astronaut's head leans ~8 degrees; BlazeFace's keypoints
+    # see it, Haar's eye boxes barely do)
+    assert eye_angle(d.landmarks) - eye_angle(upright.landmarks) == pytest.approx(-15, abs=6)
     plain = face_crops(tilted, [d], align=False)[0].astype(float)
     aligned = face_crops(tilted, [d], align=True)[0].astype(float)
     assert np.abs(aligned - ref).mean() < np.abs(plain - ref).mean()
