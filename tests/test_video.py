@@ -57,7 +57,7 @@ def test_track_survives_detector_misses_counted_in_rounds():
         tr.step([])
     assert len(tr.tracks) == 1
     tr.step([])
-    assert tr.tracks == [] and tr.ended == [1]
+    assert tr.tracks == [] and [t.id for t in tr.lost] == [1]  # ended; kept aside a while for its return
 
 
 def test_two_crossing_tracks_keep_their_ids():
@@ -324,3 +324,67 @@ def test_bench_video_reports_the_ratio(image_model, capsys):
         cells = [c.strip() for c in ln.strip("|").split("|")]
         fps, ratio = float(cells[1]), float(cells[2])
         assert fps > 0 and ratio == pytest.approx(fps / 30, abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------- re-identification
+
+
+def test_face_back_within_a_second_takes_its_track_back():
+    tr = Tracker(max_misses=2, reid_frames=30)
+    for f in range(10):
+        tr.step([(100 + 2 * f, 100, 60, 60)])
+    for _ in range(20):  # out of the picture for 20 frames (0.67 s at 30 fps): the track ends, kept aside
+        tr.step([])
+    assert tr.tracks == [] and tr.ended == [] and [t.id for t in tr.lost] == [1]
+    seen = tr.step([(150, 110, 64, 64)])  # back, a little further on
+    assert [t.id for t in seen] == [1] and tr.next_id == 2
+    # a face of another size far away is someone else
+    tr.step([(150, 110, 64, 64), (500, 400, 20, 20)])
+    assert tr.last_ids == [1, 2]
+
+
+def test_face_gone_longer_than_reid_frames_ends():
+    tr = Tracker(max_misses=1, reid_frames=10)
+    tr.step([(0, 0, 50, 50)])
+    ended = []
+    for _ in range(15):
+        tr.step([])
+        ended += tr.ended
+    assert ended == [1] and tr.lost == []
+    tr.step([(0, 0, 50, 50)])
+    assert tr.last_ids == [2]
+
+
+@pytest.fixture(scope="module")
+def pan_zoom_clip(tmp_path_factory):
+    """The issue's clip: 3 s (90 frames) of 640x480 panning and zooming over scikit-image's astronaut."""
+    skdata = pytest.importorskip("skimage.data")
+    photo = np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])
+    return synthetic_face_video(tmp_path_factory.mktemp("pan") / "pan.avi", photo, frames=90)
+
+
+def test_pan_zoom_clip_one_track_labelled_in_95_percent_of_frames(pan_zoom_clip, image_model, tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    rc = _run("video", pan_zoom_clip, "--csv", table, "--model", image_model, "--smooth", "ema", "--no-progress")
+    assert rc == 0, capsys.readouterr().err
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["frame"] for r in rows}) >= 0.95 * 90
+    assert {r["track_id"] for r in rows} == {"1"}
+
+
+def test_face_leaving_the_frame_for_under_a_second_keeps_its_track(image_model):
+    """Frames 0-29 show the astronaut, 30-49 (0.67 s) an empty scene, 50-79 the astronaut again."""
+    import cv2
+
+    from emolens.video import VideoProcessor
+
+    skdata = pytest.importorskip("skimage.data")
+    photo = cv2.resize(np.ascontiguousarray(skdata.astronaut()[:, :, ::-1]), (480, 480))
+    frame = np.full((480, 640, 3), 60, np.uint8)
+    frame[:, 80:560] = photo
+    empty = np.full((480, 640, 3), 60, np.uint8)
+    proc = VideoProcessor(model=str(image_model), runtime="torch", smooth="ema")
+    ids = [[f.track_id for f in proc.process(empty if 30 <= i < 50 else frame)] for i in range(80)]
+    assert all(ids[i] == [] for i in range(33, 50))
+    assert {tuple(x) for x in ids[:30] + ids[53:]} == {(1,)}

@@ -363,7 +363,9 @@ def _add_video_options(p) -> None:
     g.add_argument("--temporal-model", default=None, help="temporal head .onnx/.pt (default: the shipped one)")
     g.add_argument("--ema", type=float, default=0.3, help="EMA weight of the newest frame (0-1]")
     g.add_argument("--detect-every", type=int, default=3, help="run the detector every K frames, track between")
-    g.add_argument("--detect-width", type=int, default=320, help="detect on frames scaled to this width (0 = full)")
+    g.add_argument("--detect-width", type=int, default=0,
+                   help="shrink frames to this width before detecting (default 0: the frame as it is, which the "
+                        "detector scales to its own input; shrinking is faster but loses small faces)")
     g.add_argument("--max-misses", type=int, default=5, help="detection rounds a lost face is kept for")
 
 

@@ -86,31 +86,44 @@ class Tracker:
     a round ends: a detector's one-off false positive never shows (faces found on the first round are
     shown at once).
 
+    An ended confirmed track is kept aside for ``reid_frames`` frames since it was last seen (30: one second
+    at 30 fps): a new face of about its size (``reid_size`` times at most) within ``reid_distance`` of its
+    sizes from where it was last seen takes its id back, so a face that leaves the picture or is hidden for
+    a moment keeps its one track (and its one timeline).
+
     >>> t = Tracker(); [tr.id for tr in t.step([(10, 10, 50, 50)])]
     [1]
     """
 
     def __init__(self, max_misses: int = 5, iou_threshold: float = 0.1, max_distance: float = 1.0,
-                 velocity_smoothing: float = 0.5, size_smoothing: float = 0.4, min_hits: int = 1):
+                 velocity_smoothing: float = 0.5, size_smoothing: float = 0.4, min_hits: int = 1,
+                 reid_frames: int = 30, reid_distance: float = 4.0, reid_size: float = 1.6):
         self.max_misses = max_misses
         self.iou_threshold = iou_threshold
         self.max_distance = max_distance
         self.velocity_smoothing = velocity_smoothing
         self.size_smoothing = size_smoothing
         self.min_hits = min_hits
+        self.reid_frames, self.reid_distance, self.reid_size = reid_frames, reid_distance, reid_size
         self.tracks: list[Track] = []
+        self.lost: list[Track] = []  # ended confirmed tracks that a returning face may take back
         self.next_id = 1
-        self.ended: list[int] = []  # ids of tracks ended on the last step
+        self.ended: list[int] = []  # ids of tracks ended for good on the last step (not coming back)
         self.last_ids: list[int | None] = []  # the track id of each detection of the last update
         self.rounds = 0  # detection rounds so far
 
     def predict(self) -> None:
-        """Advance every track one frame along its velocity."""
+        """Advance every track one frame along its velocity; lost tracks stay where they were last seen."""
         for t in self.tracks:
             t.box = t.box.copy()
             t.box[:2] += t.velocity
             t.age += 1
             t.frames_since_update += 1
+        for t in self.lost:
+            t.frames_since_update += 1
+        expired = [t for t in self.lost if t.frames_since_update > self.reid_frames]
+        self.ended += [t.id for t in expired]
+        self.lost = [t for t in self.lost if t not in expired]
 
     def update(self, boxes: Sequence[Sequence[float]] | np.ndarray) -> list[int | None]:
         """Match this frame's detections (N, 4) to the (already predicted) tracks; returns the track id
@@ -144,17 +157,46 @@ class Tracker:
                 t.detected = False
                 t.velocity *= 0.8  # an unseen face is more likely to stop than to keep going
         gone = [t for t in self.tracks if t.misses > self.max_misses or (t.misses and not t.confirmed)]
-        self.ended = [t.id for t in gone]
+        for t in gone:
+            if t.confirmed and self.reid_frames > 0:
+                t.box = np.concatenate([t.last_center - t.box[2:] / 2, t.box[2:]])  # where it was last seen
+                t.velocity = np.zeros(2)
+                self.lost.append(t)
+            else:
+                self.ended.append(t.id)
         self.tracks = [t for t in self.tracks if t not in gone]
         self.rounds += 1
         for j, b in enumerate(boxes):
             if j not in used_b and valid[j]:
+                back = self._take_back(b)
+                if back is not None:
+                    self._match(back, b)
+                    self.tracks.append(back)
+                    ids[j] = back.id
+                    continue
                 self.tracks.append(Track(self.next_id, b.copy(), last_center=b[:2] + b[2:] / 2,
                                          confirmed=self.min_hits <= 1 or self.rounds == 1))
                 ids[j] = self.next_id
                 self.next_id += 1
         self.last_ids = ids
         return ids
+
+    def _take_back(self, b: np.ndarray) -> Track | None:
+        """The lost track nearest to box ``b`` that is about its size and near where it was last seen."""
+        best, best_d = None, float("inf")
+        size = math.sqrt(b[2] * b[3])
+        for t in self.lost:
+            t_size = math.sqrt(t.box[2] * t.box[3])
+            if not 1 / self.reid_size <= size / max(t_size, 1e-6) <= self.reid_size:
+                continue
+            d = float(np.linalg.norm(b[:2] + b[2:] / 2 - t.last_center)) / max((size + t_size) / 2, 1e-6)
+            if d <= self.reid_distance and d < best_d:
+                best, best_d = t, d
+        if best is not None:
+            self.lost.remove(best)
+            best.misses, best.frames_since_update = 0, 1
+            best.last_center = b[:2] + b[2:] / 2  # no velocity from the jump across the gap
+        return best
 
     def _match(self, t: Track, b: np.ndarray) -> None:
         c_new = b[:2] + b[2:] / 2
@@ -191,8 +233,8 @@ class StreamTracker:
     ``track_id`` to each ``{"box": [x, y, w, h], ...}``, and with ``smoothing`` > 0 an EMA of
     ``probabilities`` per track (``emotion``/``confidence`` follow it)."""
 
-    def __init__(self, max_misses: int = 5, smoothing: float = 0.0):
-        self.tracker = Tracker(max_misses=max_misses)
+    def __init__(self, max_misses: int = 5, smoothing: float = 0.0, reid_frames: int = 30):
+        self.tracker = Tracker(max_misses=max_misses, reid_frames=reid_frames)
         self.alpha = 1.0 - smoothing
         self.state: dict[int, np.ndarray] = {}
 
@@ -363,21 +405,22 @@ def make_smoother(smooth: str, encoder, temporal_model: str | None = None, ema: 
 class VideoProcessor:
     """Frames in, :class:`TrackedFace` lists out (one call per frame, in order).
 
-    Detection runs every ``detect_every`` frames on the frame scaled to ``detect_width`` pixels wide: the
-    detector is by far the slowest part, and a tracked face moves little in a tenth of a second. Every
-    tracked face is classified on every frame (the temporal model needs each frame)."""
+    Detection runs every ``detect_every`` frames (the detector is by far the slowest part, and a tracked face
+    moves little in a tenth of a second) on the frame as it is: the detector scales it to its own input
+    (``detect_width`` > 0 shrinks it to that width first, faster but small faces are lost). Every tracked
+    face is classified on every frame (the temporal model needs each frame)."""
 
     def __init__(self, recognizer=None, *, model: str | None = None, runtime: str = "auto", detector: str = "auto",
                  smooth: str = "auto", temporal_model: str | None = None, ema: float = 0.3, detect_every: int = 3,
-                 detect_width: int = 320, max_misses: int = 5, min_hits: int = 3, max_faces: int = 20,
-                 warn: Callable[[str], None] | None = None):
+                 detect_width: int = 0, max_misses: int = 5, min_hits: int = 3, max_faces: int = 20,
+                 reid_frames: int = 30, warn: Callable[[str], None] | None = None):
         if detect_every < 1:
             raise ValueError("detect_every must be at least 1")
         self.recognizer = recognizer if recognizer is not None else _recognizer(model, runtime, detector)
         self.encoder = frame_encoder_for(self.recognizer)
         self.smoother = make_smoother(smooth, self.encoder, temporal_model, ema, warn,
                                       getattr(self.recognizer.classifier, "path", None))
-        self.tracker = Tracker(max_misses=max_misses, min_hits=min_hits)
+        self.tracker = Tracker(max_misses=max_misses, min_hits=min_hits, reid_frames=reid_frames)
         self.detect_every = detect_every
         self.detect_width = detect_width
         self.max_faces = max_faces
@@ -386,8 +429,8 @@ class VideoProcessor:
         self.timing = {"detect": 0.0, "classify": 0.0, "smooth": 0.0, "detect_rounds": 0, "faces": 0}
 
     def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 4) face boxes in ``frame``'s pixels, found on a downscaled copy, largest first, and (N,) eye
-        angles in degrees (NaN where the detector found no eyes)."""
+        """(N, 4) face boxes in ``frame``'s pixels, largest first, and (N,) eye angles in degrees (NaN where
+        the detector found no eyes)."""
         import cv2
 
         from .faces import eye_angle
