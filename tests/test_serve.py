@@ -379,7 +379,7 @@ def test_not_found_and_wrong_method(server):
 def test_slow_body_times_out(server):
     """A client that promises a body and stops sending gets 408 after the body timeout (1.5 s here)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 1000\r\n\r\n{\"image\": \"")
         t0 = time.monotonic()
         reply = s.recv(4096)
@@ -391,7 +391,7 @@ def test_slow_body_times_out(server):
 
 def test_idle_keep_alive_connection_is_closed(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
         assert s.recv(4096) == b""  # the server hung up on the idle keep-alive connection

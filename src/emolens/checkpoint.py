@@ -33,7 +33,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # .<name>.<pid>.<random>.tmp: emolens.outputs.remove_stale_temp_files can tell a dead writer's leftovers
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -76,33 +77,64 @@ def make_checkpoint(model, *, config: dict | None = None, metrics: dict | None =
     }
 
 
+def weights_sha256(state_dict: dict[str, Any]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and raw bytes (sorted by name): what
+    ``save_checkpoint`` records and ``read_checkpoint`` checks, so flipped bytes in the weights are an error
+    at load rather than NaN predictions later."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"state_dict[{name!r}] is a {type(t).__name__}, not a tensor")
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Write ``ckpt`` atomically, with the checksum of its weights (``weights_sha256``) computed now."""
     import torch
 
     buf = io.BytesIO()
-    torch.save(ckpt, buf)
+    torch.save({**ckpt, "weights_sha256": weights_sha256(ckpt["state_dict"])}, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint file; CheckpointError when it is not one."""
+    """Load and check a checkpoint file; CheckpointError when it is not one, or when its weights do not match
+    the checksum recorded at save (files written before checksums were recorded load unchecked)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not an emolens checkpoint")
     try:
         # files written before torch_version was stored as str hold a TorchVersion (a str subclass)
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch's unpickler raises KeyError, IndexError, ... on arbitrary bytes)
-        raise CheckpointError(f"{path}: not an emolens checkpoint ({str(e).splitlines()[0][:200]})") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not an emolens checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an emolens checkpoint (no '{FORMAT}' header)")
     missing = [k for k in ("model", "state_dict", "classes") if k not in ckpt]
     if missing or not isinstance(ckpt["model"], dict) or "name" not in ckpt["model"]:
         raise CheckpointError(f"{path}: damaged emolens checkpoint (missing {', '.join(missing) or 'model name'})")
     ckpt["model"].setdefault("kwargs", {})
+    expected = ckpt.get("weights_sha256")
+    if expected is not None:
+        try:
+            actual = weights_sha256(ckpt["state_dict"]) if isinstance(ckpt["state_dict"], dict) else None
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: damaged emolens checkpoint ({e})") from None
+        if actual != expected:
+            raise CheckpointError(f"{path}: damaged weights (their checksum does not match the one recorded when "
+                                  "the file was written): use another copy of the model")
     return ckpt
 
 

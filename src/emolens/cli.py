@@ -23,10 +23,11 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
+    from .outputs import OutputError
     from .runtime import ModelError
 
-    errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, ModelError, FileNotFoundError,
-                                         PermissionError, IsADirectoryError, NotADirectoryError]
+    errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, ModelError, OutputError,
+                                         FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError]
     try:
         from .checkpoint import CheckpointError
 
@@ -115,12 +116,20 @@ def _cmd_predict(args) -> int:
 
     from .checkpoint import atomic_write_bytes
     from .faces import DetectorError
+    from .outputs import check_outputs
     from .predict import EmotionRecognizer, ImageError, expand_inputs, predictions_csv, to_bgr
 
     if args.margin is not None and not 0 <= args.margin <= 2:
         raise UsageError("--margin must be between 0 and 2")
     inputs = args.paths or [str(Path(__file__).with_name("assets") / "astronaut.jpg")]
     files, problems = expand_inputs(inputs)
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    roots = [Path(p).resolve() for p in inputs if Path(p).is_dir()]
+    used: set[str] = set()
+    names = {path: _annotated_name(path, roots, used) for path in files} if save_dir is not None else {}
+    if save_dir is not None:  # before any work: no annotated image or CSV may replace a photo given as input
+        check_outputs(files, files=[save_dir / n for n in names.values()] + [save_dir / "predictions.csv"],
+                      folders=[save_dir])
     err = Console(stderr=True)
     for msg in problems:
         err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
@@ -131,10 +140,8 @@ def _cmd_predict(args) -> int:
         raise UsageError(str(e)) from None
     console = Console()
     many = len(files) > 1 or any(Path(p).is_dir() or not Path(p).exists() for p in inputs)
-    save_dir = Path(args.save_dir) if args.save_dir else None
     csv_dir = save_dir or (Path("runs/predict") / time.strftime("%Y%m%d-%H%M%S") if many else None)
-    roots = [Path(p).resolve() for p in inputs if Path(p).is_dir()]
-    rows, failed, used = [], len(problems), set()
+    rows, failed = [], len(problems)
     progress = None
     if many and not args.json and err.is_terminal:
         from rich.progress import Progress
@@ -170,13 +177,15 @@ def _cmd_predict(args) -> int:
             if save_dir is not None:
                 import cv2
 
-                name = _annotated_name(path, roots, used)
+                name = names[path]
                 ok, enc = cv2.imencode(Path(name).suffix, rec.draw(img, faces))
                 if ok:
                     atomic_write_bytes(save_dir / name, enc.tobytes())
     finally:
         if progress is not None:
             progress.stop()
+    if csv_dir is not None and not rows and save_dir is None:
+        csv_dir = None  # nothing was read: no empty runs/predict/<time>/ folder
     if csv_dir is not None:
         atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, rec.classes).encode())
     n_faces = sum(len(f) for _, f in rows)
@@ -467,8 +476,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted image file")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted width x height")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request")
+    p.add_argument("--max-request-pixels", type=int, default=50_000_000,
+                   help="most decoded pixels in one batch request (sum over its images)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from ORIGIN to call the API (repeatable); default: none")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="without an API key, also answer requests whose Host is NAME (repeatable); default: "
+                        "localhost names only, against DNS rebinding")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -477,11 +491,12 @@ def _cmd_serve(args) -> int:
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: use 1-65535")
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.max_batch <= 0:
-        raise UsageError("--max-upload-mb, --max-pixels and --max-batch must be positive")
+    if min(args.max_upload_mb, args.max_pixels, args.max_batch, args.max_request_pixels) <= 0:
+        raise UsageError("--max-upload-mb, --max-pixels, --max-batch and --max-request-pixels must be positive")
     opts = ServeOptions(model=args.model, runtime=args.runtime, detector=args.detector, tta=args.tta,
                         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_batch=args.max_batch,
-                        cors_origins=tuple(args.cors_origin), smooth=args.smooth)
+                        cors_origins=tuple(args.cors_origin), smooth=args.smooth,
+                        allowed_hosts=tuple(args.allowed_host), max_request_pixels=args.max_request_pixels)
     try:
         serve(args.host, args.port, workers=args.workers, api_key=args.api_key, options=opts,
               log_level=args.log_level)
@@ -504,6 +519,8 @@ def _add_bench_serve(bsub) -> None:
     p.add_argument("--tta", choices=["none", "flip", "crops"], default=None, help="TTA query option")
     p.add_argument("--model", default=None, help="model for the local server (default: the shipped one)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the local server")
+    p.add_argument("--slow-clients", type=int, default=0, metavar="N",
+                   help="meanwhile N connections dribble a request head (slowloris): latency under such an attack")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
 
 
@@ -514,13 +531,13 @@ def _cmd_bench_serve(args) -> int:
     from .checkpoint import atomic_write_bytes
     from .serve import bench_serve, format_bench
 
-    if args.clients < 1 or args.seconds <= 0 or args.workers < 1:
-        raise UsageError("--clients and --workers must be >= 1 and --seconds > 0")
+    if args.clients < 1 or args.seconds <= 0 or args.workers < 1 or args.slow_clients < 0:
+        raise UsageError("--clients and --workers must be >= 1, --seconds > 0 and --slow-clients >= 0")
     server_args = ["--workers", str(args.workers)] + (["--model", args.model] if args.model else [])
     try:
         result = bench_serve(args.url, clients=args.clients, seconds=args.seconds, image=args.image,
                              server_args=server_args, api_key=args.api_key,
-                             params={"tta": args.tta} if args.tta else None)
+                             params={"tta": args.tta} if args.tta else None, slow_clients=args.slow_clients)
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
     print(format_bench(result))

@@ -29,7 +29,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .runtime import META_KEYS, ModelError, softmax
+from .runtime import META_KEYS, WEIGHTS_KEY, ModelError, onnx_graph_sha256, softmax
 
 FORMAT = "emolens-onnx"
 DEFAULT_OPSET = 17
@@ -98,6 +98,21 @@ def _metadata(ckpt: dict[str, Any], source_sha256: str, extra: dict[str, Any] | 
     return meta
 
 
+def _stamped(proto) -> bytes:
+    """``proto`` serialized with the checksum of its graph (nodes and weights) in its metadata
+    (``emolens.weights_sha256``, checked by ``emolens.runtime.OnnxClassifier`` at load)."""
+    for i in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[i].key == WEIGHTS_KEY:
+            del proto.metadata_props[i]
+    digest = onnx_graph_sha256(proto.SerializeToString())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = WEIGHTS_KEY, json.dumps(digest)
+    data = proto.SerializeToString()
+    if onnx_graph_sha256(data) != digest:  # the graph serializes the same with or without the entry
+        raise ExportError("the ONNX graph does not serialize reproducibly: cannot record its checksum")
+    return data
+
+
 def _with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
     import onnx
 
@@ -108,7 +123,7 @@ def _with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
         entry.key, entry.value = k, v
     proto.producer_name = "emolens"
     onnx.checker.check_model(proto)
-    return proto.SerializeToString()
+    return _stamped(proto)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -145,9 +160,10 @@ def _set_metadata(path: Path, meta: dict[str, Any]) -> bytes:
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = f"emolens.{k}", json.dumps(v, sort_keys=True, default=float)
-    return proto.SerializeToString()
+        if f"emolens.{k}" != WEIGHTS_KEY:  # recomputed for this graph by _stamped
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"emolens.{k}", json.dumps(v, sort_keys=True, default=float)
+    return _stamped(proto)
 
 
 def quantize_int8(onnx_path: str | Path, out: str | Path, calibration: np.ndarray | None = None,
@@ -251,14 +267,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     torch and ONNX Runtime probabilities differ by more than ``tolerance``; with ``quantize``, also write
     ``<out stem>.int8.onnx`` (calibrated on FER2013 ``data``, kept only within ``max_drop`` of fp32's PublicTest
     accuracy). Returns {path, size_bytes, opset, max_abs_diff, int8_path, int8_size_bytes[, public_acc_*]}."""
+    from .outputs import check_outputs
+
     checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output name must end in .onnx")
+    check_outputs([checkpoint], files=[out, out.with_name(out.stem + ".int8.onnx") if quantize else None])
     try:
         model, ckpt = _load(checkpoint)
     except ImportError:
         raise ModelError("export needs PyTorch: pip install 'emolens[train]'") from None
-    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
-    if out.suffix != ".onnx":
-        raise ExportError(f"{out}: the output name must end in .onnx")
     size = int(ckpt.get("preprocess", {}).get("input_size", 48))
     graph = _with_metadata(onnx_bytes(model, opset, size), _metadata(ckpt, file_sha256(checkpoint)))
     atomic_write_bytes(out, graph)
@@ -280,7 +299,10 @@ def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_
     """The shipped files from a training run's ``best.pt``: ``<name>.pt`` (fp16 weights, no optimizer state,
     config/metrics/history kept) and ``<name>.onnx`` exported from the same fp16-rounded weights, so torch and
     ONNX agree. Returns {pt, onnx, max_abs_diff, sizes, total_bytes}."""
+    from .outputs import check_outputs
+
     best_pt, weights_dir = Path(best_pt), Path(weights_dir)
+    check_outputs([best_pt], files=[weights_dir / f"{name}.pt", weights_dir / f"{name}.onnx"])
     ckpt = read_checkpoint(best_pt)
     try:
         from .models import create_model

@@ -22,6 +22,8 @@ DEFAULT_MODEL = "emolens_cnn_lstm"
 #: ONNX metadata keys written by ``emolens.export`` (values are JSON strings).
 META_KEYS = ("emolens.format", "emolens.model", "emolens.classes", "emolens.preprocess", "emolens.metrics",
              "emolens.source_sha256")
+#: ONNX metadata key of :func:`onnx_graph_sha256` (written by ``emolens.export``, checked at load when present).
+WEIGHTS_KEY = "emolens.weights_sha256"
 
 
 class ModelError(ValueError):
@@ -52,6 +54,50 @@ def tta_views(faces: np.ndarray, tta: str = "none") -> list[np.ndarray]:
             views += [crop, crop[:, :, ::-1]]
         return views
     raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ModelError("truncated or malformed ONNX file")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def onnx_graph_sha256(data: bytes) -> str:
+    """SHA-256 of the serialized graph of an ONNX file (``ModelProto.graph``, field 7: nodes and weights), read
+    from the protobuf wire format directly, so the check needs neither the ``onnx`` package nor the metadata
+    (which holds this checksum) to stay fixed."""
+    import hashlib
+
+    h, pos, found = hashlib.sha256(), 0, False
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if field == 7:
+                h.update(data[pos:pos + size])
+                found = True
+            pos += size
+        else:
+            raise ModelError(f"malformed ONNX file (wire type {wire})")
+        if pos > len(data):
+            raise ModelError("truncated ONNX file")
+    if not found:
+        raise ModelError("an ONNX file without a graph")
+    return h.hexdigest()
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -92,7 +138,23 @@ class Classifier:
             for i in range(0, len(faces), batch_size):
                 x = normalize(np.ascontiguousarray(view[i:i + batch_size]), self.mean, self.std)
                 out[i:i + batch_size] += softmax(self._logits(x).astype(np.float32))
+        if not np.isfinite(out).all():  # never hand NaN on (JSON cannot carry it, argmax of NaN is class 0)
+            raise ModelError(f"{self.path}: the model gave NaN/inf probabilities (damaged weights?)")
         return out / len(views)
+
+    def _check_outputs(self) -> None:
+        """A forward pass on fixed inputs (black, white, a gradient) at load: damaged weights that give NaN or
+        inf fail here, once, with a clear message, instead of in every prediction."""
+        s = self.input_size
+        probe = np.stack([np.zeros((s, s), np.uint8), np.full((s, s), 255, np.uint8),
+                          np.tile(np.linspace(0, 255, s).astype(np.uint8), (s, 1))])
+        try:
+            logits = self._logits(normalize(probe, self.mean, self.std))
+        except Exception as e:  # noqa: BLE001 - a runtime failing on a valid input is a broken model
+            raise ModelError(f"{self.path}: the model fails on a test input ({type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+        if not np.isfinite(np.asarray(logits, np.float32)).all():
+            raise ModelError(f"{self.path}: damaged weights: the model outputs NaN/inf on a test input")
 
     def info(self) -> dict[str, Any]:
         """Identity of the model for reports and the API."""
@@ -115,12 +177,19 @@ class OnnxClassifier(Classifier):
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts,
-                                                providers=providers or ["CPUExecutionProvider"])
+        data = self.path.read_bytes()
+        if not data:
+            raise ModelError(f"{self.path}: empty file (0 bytes), not an ONNX model")
+        try:  # from the bytes read: the checksum below is of exactly what runs
+            self.session = ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise ModelError(f"{self.path}: not a usable ONNX model ({str(e).splitlines()[0][:200]})") from None
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ModelError(f"{self.path}: not a usable ONNX model ({why})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        expected = meta.get(WEIGHTS_KEY)
+        if expected is not None and json.loads(expected) != onnx_graph_sha256(data):
+            raise ModelError(f"{self.path}: damaged weights (their checksum does not match the one recorded at "
+                             "export): use another copy of the model")
         self.classes = tuple(json.loads(meta.get("emolens.classes", json.dumps(list(CLASSES)))))
         pre = json.loads(meta.get("emolens.preprocess", "{}"))
         self.mean, self.std = float(pre.get("mean", MEAN)), float(pre.get("std", STD))
@@ -129,6 +198,7 @@ class OnnxClassifier(Classifier):
         self.name = model.get("name", self.path.stem)
         self.metrics = json.loads(meta.get("emolens.metrics", "{}"))
         self.input_name = self.session.get_inputs()[0].name
+        self._check_outputs()
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -150,6 +220,7 @@ class TorchClassifier(Classifier):
         self.name = ckpt["model"]["name"]
         self.metrics = ckpt.get("metrics", {})
         self.checkpoint = ckpt
+        self._check_outputs()
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -27,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
 import io
 import json
@@ -79,6 +80,12 @@ class Limits:
     body_timeout_s: float = 30.0  # a client must finish sending its body within this
     ws_idle_timeout_s: float = 60.0  # a websocket with no message for this long is closed
     max_faces: int = 32  # faces returned per image (largest first), bounds the work per request
+    max_request_pixels: int = 50_000_000  # decoded pixels of a whole batch request (sum over its images)
+    chunk_pixels: int = 4_000_000  # a batch runs in chunks of about this many pixels; other requests go between
+    head_timeout_s: float = 5.0  # a connection must send a complete request head (line + headers) within this
+    max_waiting_connections: int = 512  # connections without a request head; past it the oldest is closed
+    max_requests: int = 64  # HTTP requests in progress at once; more get 503 (Retry-After)
+    max_streams: int = 16  # live websocket streams at once; more are closed with code 1013 (try again later)
 
 
 class ApiError(Exception):
@@ -169,24 +176,53 @@ class HealthOut(BaseModel):
 
 
 class ImageJSON(BaseModel):
-    image: str = Field(description="base64 of a JPEG/PNG/BMP/WebP file (a data: URL is accepted)")
+    image: str = Field(description="base64 of a JPEG/PNG/BMP/WebP file (a data: URL is accepted)",
+                       json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
 
 
 class BatchJSON(BaseModel):
     images: list[str] = Field(description="base64 images, at most the server's batch limit")
 
 
-def _request_body_spec(batch: bool) -> dict[str, Any]:
+#: What an image file must be, for the spec: the server reads the format from the file's first bytes.
+ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/webp")
+
+
+def _limits_text(limits: Limits, batch: bool) -> str:
+    each = (f"Each image: a JPEG, PNG, BMP or WebP file (recognised by its first bytes; anything else is 415), "
+            f"at most {limits.max_upload_bytes} bytes (413) and {limits.max_pixels} pixels, width x height read "
+            f"from its header before decoding (413); an unreadable one is 422.")
+    if not batch:
+        return each
+    return (f"{each} At most {limits.max_batch} images (413) and {limits.max_request_pixels} pixels in all "
+            f"(413), {limits.max_request_bytes} bytes of request body (413).")
+
+
+def _request_body_spec(batch: bool, limits: Limits | None = None) -> dict[str, Any]:
     """The request body in the OpenAPI spec: the routes read the raw body themselves (limits, timeouts,
-    in-memory multipart), so FastAPI cannot infer it."""
-    file_prop = {"type": "string", "format": "binary", "description": "an image file"}
-    form = ({"type": "object", "properties": {"file": {"type": "array", "items": file_prop}}, "required": ["file"]}
+    in-memory multipart), so FastAPI cannot infer it. It names the accepted file types and the limits."""
+    limits = limits or Limits()
+    file_prop = {"type": "string", "format": "binary", "contentMediaType": "image/*",
+                 "description": "a JPEG, PNG, BMP or WebP file"}
+    form = ({"type": "object", "properties": {"file": {"type": "array", "items": file_prop,
+                                                        "description": f"at most {limits.max_batch} files"}},
+             "required": ["file"]}
             if batch else {"type": "object", "properties": {"file": file_prop}, "required": ["file"]})
     model = BatchJSON if batch else ImageJSON
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": form},
+    return {"requestBody": {"required": True, "description": _limits_text(limits, batch), "content": {
+        "multipart/form-data": {"schema": form,
+                                "encoding": {"file": {"contentType": ", ".join(ACCEPTED_TYPES)}}},
         "application/json": {"schema": model.model_json_schema()},
     }}}
+
+
+def loads_json(data: bytes | str) -> Any:
+    """``json.loads`` whose every failure is a ValueError: deeply nested input ("[[[[...") makes the parser
+    raise RecursionError, which would otherwise surface as a 500 (HTTP) or end a websocket session."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -209,9 +245,21 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> np.ndarray
     The pixel count is read from the header by PIL's lazy ``Image.open`` (no pixel data decoded), so a
     decompression bomb is refused before it allocates anything.
     """
-    from PIL import Image
-
     from .predict import ImageError, decode_bytes
+
+    image_size(data, limits, name)
+    try:
+        img = decode_bytes(data, name, max_pixels=max(limits.max_pixels, 1))
+    except ImageError as e:
+        raise ApiError(422, "bad_image", str(e)) from None
+    if img.size == 0:
+        raise ApiError(422, "bad_image", f"{name}: zero width or height")
+    return img
+
+
+def image_size(data: bytes, limits: Limits, name: str = "image") -> tuple[int, int]:
+    """(width, height) from the header, after the checks that need no decoding: size, magic bytes, pixels."""
+    from PIL import Image
 
     if not data:
         raise ApiError(400, "empty_image", f"{name}: empty (0 bytes)")
@@ -231,13 +279,7 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> np.ndarray
     if width * height > limits.max_pixels:
         raise ApiError(413, "too_many_pixels",
                        f"{name}: {width}x{height} = {width * height} pixels, the limit is {limits.max_pixels}")
-    try:
-        img = decode_bytes(data, name, max_pixels=max(limits.max_pixels, 1))
-    except ImageError as e:
-        raise ApiError(422, "bad_image", str(e)) from None
-    if img.size == 0:
-        raise ApiError(422, "bad_image", f"{name}: zero width or height")
-    return img
+    return width, height
 
 
 def decode_base64(text: Any, limits: Limits, name: str = "image") -> bytes:
@@ -278,10 +320,18 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes:
             if len(buf) > limit:
                 raise ApiError(413, "request_too_large", f"request body over the limit of {limit} bytes")
 
+    from starlette.requests import ClientDisconnect
+
     try:
         await asyncio.wait_for(collect(), timeout_s)
     except TimeoutError:
         raise ApiError(408, "body_timeout", f"request body not received within {timeout_s:g} s") from None
+    except ClientDisconnect:  # the client went away: one line in the log, no traceback, nobody to answer
+        client = request.client
+        log.info("client %s disconnected during the upload of %s %s (%d of %s bytes received)",
+                 f"{client.host}:{client.port}" if client else "?", request.method, request.url.path, len(buf),
+                 declared or "?")
+        raise ApiError(400, "client_disconnected", "the client closed the connection during the upload") from None
     return bytes(buf)
 
 
@@ -365,9 +415,10 @@ async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, b
             raise ApiError(422, "missing_file", "no form field 'file' in the multipart body")
     else:
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+            payload = loads_json(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            why = " (nested too deeply)" if "nested" in str(e) else ""
+            raise ApiError(400, "bad_json", f"request body is not valid JSON{why}") from None
         if batch:
             items = payload.get("images") if isinstance(payload, dict) else payload
             if not isinstance(items, list):
@@ -410,6 +461,164 @@ def _key_from_headers(headers) -> str | None:
         return key
     auth = headers.get("authorization", "")
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+# ---------------------------------------------------------------------------------------------- connections
+
+
+def host_name(host_header: str) -> str:
+    """The name part of a Host header, lower case, port dropped: ``[::1]:8000`` -> ``[::1]``."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[:h.index("]") + 1] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class _HostCheck:
+    """ASGI guard against DNS rebinding: a web page elsewhere whose name is made to resolve to 127.0.0.1 reaches
+    a local server with its own name in the Host header. Only localhost names (and ``allowed``) are served;
+    other hosts get 400 JSON (HTTP) or a refused handshake (websocket). ``allowed`` None = every host (a server
+    with an API key: the key is what protects it)."""
+
+    def __init__(self, app, allowed: frozenset[str] | None):
+        self.app, self.allowed = app, allowed
+
+    def _ok(self, scope) -> tuple[bool, str]:
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+        if host is None or self.allowed is None:  # HTTP/1.0 without Host: not a browser, not rebinding
+            return True, ""
+        name = host_name(host)
+        return is_local_host(name) or name in self.allowed, name
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            ok, name = self._ok(scope)
+            if not ok:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+                    return
+                msg = (f"Host {name!r} is not served here: this server answers to localhost names only; start it "
+                       "with --allowed-host NAME (or an API key) to serve other names")
+                await JSONResponse({"error": {"code": "host_not_allowed", "message": msg}},
+                                   status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Admission:
+    """ASGI bound on work in progress: past ``max_requests`` HTTP requests, 503 JSON with Retry-After; past
+    ``max_streams`` websocket streams, the handshake is refused with code 1013 (try again later). Connections
+    that have not sent a request head do not count (see :class:`HeadTimeoutMixin`), so slow clients cannot
+    use up these places."""
+
+    def __init__(self, app, max_requests: int, max_streams: int):
+        self.app, self.max = app, {"http": max_requests, "websocket": max_streams}
+        self.active = {"http": 0, "websocket": 0}
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind not in self.active:
+            await self.app(scope, receive, send)
+            return
+        if self.active[kind] >= self.max[kind]:
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
+                return
+            await JSONResponse({"error": {"code": "busy", "message": f"{self.max[kind]} requests in progress; "
+                                          "retry in a moment"}}, status_code=503,
+                               headers={"Retry-After": "1"})(scope, receive, send)
+            return
+        self.active[kind] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active[kind] -= 1
+
+
+class HeadTimeoutMixin:
+    """Slow-client guard for uvicorn's HTTP protocols. uvicorn has no request-head timeout (``timeout_keep_alive``
+    is reset by every byte received), so a client sending one header byte every few seconds holds its
+    connection forever, and a few hundred such clients lock everyone out. Here a connection must send a
+    complete request head within ``head_timeout_s`` of opening (or of its previous response), else it is
+    closed; and when more than ``max_waiting_connections`` connections wait for a head, the oldest is closed.
+    The ASGI app (bodies, websockets) is untouched: a head once received disarms the timer."""
+
+    head_timeout_s: float = Limits.head_timeout_s
+    max_waiting: int = Limits.max_waiting_connections
+    _closed = 0  # slow connections closed since the last log line
+    _logged_at = 0.0
+
+    def _waiting(self) -> dict:
+        state = self.server_state  # shared by all connections of one server
+        if not hasattr(state, "emolens_waiting"):
+            state.emolens_waiting = {}  # insertion-ordered: the first is the oldest
+        return state.emolens_waiting
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        timeout = float(getattr(self.config, "emolens_head_timeout_s", self.head_timeout_s))
+        self._head_timer = self.loop.call_later(timeout, self._close_slow, timeout)
+        waiting = self._waiting()
+        waiting[self] = None
+        limit = int(getattr(self.config, "emolens_max_waiting", self.max_waiting))
+        while len(waiting) > limit:
+            oldest = next(iter(waiting))
+            oldest._close_slow(None)
+
+    def _disarm_head_timer(self) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+        self._waiting().pop(self, None)
+
+    def _close_slow(self, timeout: float | None) -> None:
+        self._disarm_head_timer()
+        if not self.transport.is_closing():
+            self.transport.close()
+            cls = HeadTimeoutMixin
+            cls._closed += 1
+            now = time.monotonic()
+            if now - cls._logged_at > 10:  # one line per 10 s, however many: an attack must not flood the log
+                why = f"no complete request head within {timeout:g} s" if timeout else "too many waiting"
+                log.warning("closed %d slow connection(s) (%s)", cls._closed, why)
+                cls._closed, cls._logged_at = 0, now
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)
+        upgraded = self.transport.get_protocol() is not self  # websocket: the new protocol owns it now
+        if upgraded or self.cycle is not before:  # a request head was parsed
+            self._disarm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()  # keep-alive: the next head has the same deadline
+
+
+@functools.cache
+def _http_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with :class:`HeadTimeoutMixin`."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # httptools is optional in uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return type(f"HeadTimeout{base.__name__}", (HeadTimeoutMixin, base), {"__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:  # the protocol class by name: uvicorn pickles its config for worker processes
+    if name.startswith("HeadTimeout") and name == _http_protocol().__name__:
+        return _http_protocol()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -471,6 +680,7 @@ class Engine:
         ``max_faces`` (in the recognizer's left-to-right order). Bad options or images raise ApiError."""
         from .faces import DetectorError
         from .predict import ImageError
+        from .runtime import ModelError
 
         try:
             per_image = self.recognizer.predict_batch(images, **_opt(tta=tta, detector=detector),
@@ -479,6 +689,9 @@ class Engine:
             raise ApiError(422, "detector_unavailable", str(e)) from None
         except ImageError as e:
             raise ApiError(422, "bad_image", str(e)) from None
+        except ModelError as e:  # damaged weights giving NaN: the server's fault, said in JSON, never NaN
+            log.error("model error: %s", e)
+            raise ApiError(500, "model_error", "the model gave no valid output (logged on the server)") from None
         out = []
         for faces in per_image:
             keep = {id(f) for f in sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)[:max_faces]}
@@ -527,14 +740,16 @@ def load_recognizer(model: str | None = None, runtime: str = "auto", detector: s
 def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb: float = 10,
                max_pixels: int = 40_000_000, max_batch: int = 16, cors_origins: Sequence[str] = (),
                limits: Limits | None = None, inference_threads: int = 1,
-               recognizer_factory: Callable[[], Any] | None = None, stream_smoothing: str = "auto"):
+               recognizer_factory: Callable[[], Any] | None = None, stream_smoothing: str = "auto",
+               allowed_hosts: Sequence[str] = (), max_request_pixels: int = Limits.max_request_pixels):
     """The FastAPI app. ``recognizer`` None loads the shipped model at startup (``recognizer_factory`` to
     load another); ``api_key`` set = every ``/v1`` call needs header ``X-API-Key``; ``cors_origins`` empty =
     no cross-origin reads. ``inference_threads`` bounds concurrent model calls in this process;
-    ``stream_smoothing`` (auto | temporal | ema | none) labels the live stream's tracks."""
+    ``stream_smoothing`` (auto | temporal | ema | none) labels the live stream's tracks. Without an API key
+    only requests whose Host is a localhost name or one of ``allowed_hosts`` are served (DNS rebinding)."""
     if limits is None:
         limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_pixels),
-                        max_batch=int(max_batch))
+                        max_batch=int(max_batch), max_request_pixels=int(max_request_pixels))
     api_key = api_key or None
     state: dict[str, Any] = {"engine": Engine(recognizer, stream_smoothing) if recognizer is not None else None}
 
@@ -545,20 +760,23 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         if state["engine"] is None:
             factory = recognizer_factory or load_recognizer
             state["engine"] = Engine(await anyio.to_thread.run_sync(factory), stream_smoothing)
-        state["limiter"] = anyio.CapacityLimiter(inference_threads)
+        state["limiter"] = app.state.limiter = anyio.CapacityLimiter(inference_threads)  # FIFO: fair turns
         # Off the event loop, once: hash the model file, load the temporal head for streams.
         await anyio.to_thread.run_sync(state["engine"].new_video_processor)
         await anyio.to_thread.run_sync(state["engine"].model_info)
         yield
 
     app = FastAPI(title="emolens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=_DESCRIPTION)
+                  description=_description(limits))
     app.state.limits = limits
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "x-api-key", "authorization"])
+    app.add_middleware(_Admission, max_requests=limits.max_requests, max_streams=limits.max_streams)
+    hosts = None if api_key else frozenset(host_name(h) for h in allowed_hosts)
+    app.add_middleware(_HostCheck, allowed=hosts)  # outermost: a foreign Host is refused before anything else
 
     # ---- errors: always {"error": {"code", "message"}}, never a traceback
     def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -626,7 +844,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
     faces_only_q = Query(False, description="skip detection: the whole image is one face crop")
 
     @app.post("/v1/predict", tags=["predict"], response_model=PredictOut, dependencies=auth,
-              responses=predict_docs, openapi_extra=_request_body_spec(batch=False))
+              responses=predict_docs, openapi_extra=_request_body_spec(batch=False, limits=limits))
     async def predict(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
                       faces_only: bool = faces_only_q) -> dict[str, Any]:
         """Emotions of the faces in one image (multipart field ``file``, or JSON ``{"image": "<base64>"}``)."""
@@ -643,22 +861,42 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         return {**out, "model": eng.model_ref(), "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     @app.post("/v1/predict/batch", tags=["predict"], response_model=BatchOut, dependencies=auth,
-              responses=predict_docs, openapi_extra=_request_body_spec(batch=True))
+              responses=predict_docs, openapi_extra=_request_body_spec(batch=True, limits=limits))
     async def predict_batch(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
                             faces_only: bool = faces_only_q) -> dict[str, Any]:
         """Emotions for several images: multipart fields ``file`` (repeated) or JSON ``{"images": [...]}``.
         Results come in the order sent; one bad image fails the request (its index is in the message)."""
+        import anyio
+
         t0 = time.perf_counter()
         images = await read_images(request, limits, batch=True)
         eng = engine()
+        # every header first (cheap, no decoding): a bad image or a batch over the pixel budget fails at once
+        sizes = await anyio.to_thread.run_sync(lambda: [image_size(data, limits, name) for name, data in images])
+        total = sum(w * h for w, h in sizes)
+        if total > limits.max_request_pixels:
+            raise ApiError(413, "too_many_pixels", f"{len(images)} images of {total} pixels in all, the limit is "
+                                                   f"{limits.max_request_pixels} per request: send fewer or smaller")
 
-        def work() -> list[dict[str, Any]]:
-            decoded = [decode_image(data, limits, name) for name, data in images]  # all checked first
+        def work(chunk: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+            decoded = [decode_image(data, limits, name) for name, data in chunk]
             faces = eng.predict(decoded, detector, tta, faces_only, limits.max_faces)  # crops batched together
             return [{"faces": f, "image": {"width": img.shape[1], "height": img.shape[0]}}
                     for f, img in zip(faces, decoded, strict=True)]
 
-        results = await in_thread(work)
+        # Chunks of about chunk_pixels, each one turn of the model: a small request waiting for the model runs
+        # between two chunks (the limiter is FIFO) instead of after the whole batch.
+        results: list[dict[str, Any]] = []
+        chunk: list[tuple[str, bytes]] = []
+        pixels = 0
+        for item, (w, h) in zip(images, sizes, strict=True):
+            if chunk and pixels + w * h > limits.chunk_pixels:
+                results += await in_thread(work, chunk)
+                chunk, pixels = [], 0
+            chunk.append(item)
+            pixels += w * h
+        if chunk:
+            results += await in_thread(work, chunk)
         return {"results": results, "model": eng.model_ref(),
                 "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
@@ -687,6 +925,17 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def _description(limits: Limits) -> str:
+    return _DESCRIPTION + f"""
+
+**Limits** (this server): {_limits_text(limits, batch=True)} A batch runs in chunks of about
+{limits.chunk_pixels} pixels, so small requests are answered between the chunks of a large one. The request
+body must arrive within {limits.body_timeout_s:g} s (408); a connection must send its request line and headers
+within {limits.head_timeout_s:g} s or it is closed; at most {limits.max_requests} requests are in progress at
+once (503 with `Retry-After` past that) and {limits.max_streams} live streams. Without an API key the server
+answers only to localhost host names (400 `host_not_allowed` otherwise)."""
 
 
 _DESCRIPTION = """Facial emotion recognition (angry, disgust, fear, happy, neutral, sad, surprise).
@@ -755,7 +1004,7 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
         if api_key and not key:
             msg = await asyncio.wait_for(ws.receive_text(), min(10.0, limits.ws_idle_timeout_s))
             try:
-                key = json.loads(msg).get("api_key")
+                key = loads_json(msg).get("api_key")
             except (ValueError, AttributeError):
                 key = None
         try:
@@ -791,11 +1040,16 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
                 return
             data = msg.get("bytes")
             if data is None:
-                with contextlib.suppress(ValueError):
-                    control = json.loads(msg.get("text") or "null")
-                    if isinstance(control, dict) and control.get("reset"):
-                        session.reset()
-                continue  # other text (a repeated api_key, pings) is ignored
+                try:
+                    control = loads_json(msg.get("text") or "null")
+                except ValueError as e:
+                    if "nested" in str(e):  # a hostile message: say so, keep the session
+                        await ws.send_json({"type": "error", "error": {
+                            "code": "bad_json", "message": "text message: JSON nested too deeply"}})
+                    continue  # other text (pings, plain words) is ignored
+                if isinstance(control, dict) and control.get("reset"):
+                    session.reset()
+                continue  # other JSON (a repeated api_key) is ignored
             if latest:
                 counters["dropped"] += 1  # the unprocessed frame is superseded: drop it, do not queue
                 latest.clear()
@@ -877,12 +1131,15 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     inference_threads: int = 1
     smooth: str = "auto"
+    allowed_hosts: tuple[str, ...] = ()  # host names served besides localhost ones (without an API key)
+    max_request_pixels: int = Limits.max_request_pixels
 
 
 def _app_from_options(opts: ServeOptions, api_key: str | None, recognizer: Any = None):
     return create_app(recognizer=recognizer, api_key=api_key, max_upload_mb=opts.max_upload_mb,
                       max_pixels=opts.max_pixels, max_batch=opts.max_batch, cors_origins=opts.cors_origins,
                       inference_threads=opts.inference_threads, stream_smoothing=opts.smooth,
+                      allowed_hosts=opts.allowed_hosts, max_request_pixels=opts.max_request_pixels,
                       recognizer_factory=lambda: load_recognizer(opts.model, opts.runtime, opts.detector, opts.tta,
                                                                  opts.max_pixels))
 
@@ -891,30 +1148,46 @@ def app_from_env():
     """uvicorn factory for worker processes: options from EMOLENS_SERVE_OPTIONS, key from EMOLENS_API_KEY."""
     raw = json.loads(os.environ.get(OPTIONS_ENV, "{}"))
     raw["cors_origins"] = tuple(raw.get("cors_origins", ()))
+    raw["allowed_hosts"] = tuple(raw.get("allowed_hosts", ()))
     return _app_from_options(ServeOptions(**raw), os.environ.get(API_KEY_ENV) or None)
 
 
 def is_local_host(host: str) -> bool:
-    return host in LOCAL_HOSTS or host.startswith("127.")
+    """localhost, ::1 or a 127.x.x.x address (a name such as ``127.0.0.1.example.com`` is not)."""
+    import ipaddress
+
+    if host.lower() in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def server_settings(limits: Limits | None = None, **overrides: Any) -> dict[str, Any]:
-    """uvicorn settings that bound what one client can hold: idle keep-alive connections close after 5 s,
-    websocket messages are capped at the upload limit, and past 256 open connections new ones get a 503.
-    (Request bodies and websocket silences have their own timeouts in the app: ``Limits``.)"""
+    """uvicorn settings that bound what one client can hold: a connection must send its request head within
+    ``Limits.head_timeout_s`` (:class:`HeadTimeoutMixin`), idle keep-alive connections close after 5 s,
+    websocket messages are capped at the upload limit. Work in progress is bounded in the app (``Limits``:
+    requests, streams, body and websocket timeouts), not by uvicorn's ``limit_concurrency``, which counts
+    connections that have sent nothing yet and so lets slow clients lock everyone out."""
     limits = limits or Limits()
     kw: dict[str, Any] = dict(log_level="info", timeout_keep_alive=5, timeout_graceful_shutdown=5,
-                              ws_max_size=limits.max_upload_bytes + 1024, limit_concurrency=256, server_header=False)
+                              ws_max_size=limits.max_upload_bytes + 1024, limit_concurrency=None,
+                              server_header=False, http=_http_protocol())
     kw.update(overrides)
     return kw
 
 
 def server_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **overrides: Any):
-    """A ``uvicorn.Config`` for ``app`` with :func:`server_settings` (used by ``serve`` and the tests)."""
+    """A ``uvicorn.Config`` for ``app`` with :func:`server_settings` (used by ``serve`` and the tests); the
+    slow-client guard reads its timeout and bound from the app's ``Limits``."""
     import uvicorn
 
-    limits = getattr(getattr(app, "state", None), "limits", None)
-    return uvicorn.Config(app, host=host, port=port, **server_settings(limits, **overrides))
+    limits = getattr(getattr(app, "state", None), "limits", None) or Limits()
+    config = uvicorn.Config(app, host=host, port=port, **server_settings(limits, **overrides))
+    config.emolens_head_timeout_s = limits.head_timeout_s
+    config.emolens_max_waiting = limits.max_waiting_connections
+    return config
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -1020,8 +1293,43 @@ def bench_image(path: str | None = None) -> tuple[bytes, str]:
     return data, Path(path).name
 
 
+async def _slowloris(url: str, sockets: int, deadline: float, counts: dict[str, int]) -> None:
+    """Keep ``sockets`` connections open that send one byte of a request head every second and never finish
+    it; a connection the server closes is opened again. ``counts``: opened, closed (by the server)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+    head = f"POST /v1/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Slow: ".encode() + b"a" * 10_000
+
+    async def one() -> None:
+        while time.perf_counter() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(0.2)
+                continue
+            counts["opened"] += 1
+            try:
+                for i in range(len(head)):
+                    if time.perf_counter() >= deadline:
+                        return
+                    writer.write(head[i:i + 1])
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        if await asyncio.wait_for(reader.read(1024), 1.0) == b"":
+                            counts["closed"] += 1  # the server hung up: the guard worked; come back
+                            break
+            except OSError:
+                counts["closed"] += 1
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(one() for _ in range(sockets)))
+
+
 async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint: str,
-                params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+                params: dict[str, Any], headers: dict[str, str], slow_clients: int = 0) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
@@ -1036,6 +1344,11 @@ async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint
             raise RuntimeError(f"{url}{endpoint} answered {warm.status_code}: {warm.text[:200]}")
         body = warm.json()
         faces = len(body["faces"]) if "faces" in body else sum(len(r["faces"]) for r in body["results"])
+        slow = {"opened": 0, "closed": 0}
+        attack = None
+        if slow_clients:  # the slow clients connect first; the measured requests run while they hold on
+            attack = asyncio.create_task(_slowloris(url, slow_clients, time.perf_counter() + seconds + 1.5, slow))
+            await asyncio.sleep(1.0)
         deadline = time.perf_counter() + seconds
 
         async def client_loop() -> None:
@@ -1055,8 +1368,13 @@ async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
+        if attack is not None:
+            attack.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attack
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {"url": url, "endpoint": endpoint, "clients": clients, "seconds": round(elapsed, 2),
+            "slow_clients": slow_clients, "slow_opened": slow["opened"], "slow_closed_by_server": slow["closed"],
             "requests": len(latencies) + sum(errors.values()), "ok": len(latencies), "errors": sum(errors.values()),
             "error_kinds": errors, "requests_per_s": round(len(latencies) / elapsed, 2),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
@@ -1066,11 +1384,13 @@ async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint
 
 def bench_serve(url: str | None = None, clients: int = 16, seconds: float = 10.0, image: str | None = None,
                 server_args: Sequence[str] = (), api_key: str | None = None, params: dict[str, Any] | None = None,
-                endpoint: str = "/v1/predict") -> dict[str, Any]:
+                endpoint: str = "/v1/predict", slow_clients: int = 0) -> dict[str, Any]:
     """Load test: ``clients`` concurrent clients POST an image for ``seconds`` against ``url`` (default: a
-    local ``emolens serve`` started for the run); returns requests/s, p50/p95/p99 latency (ms), errors."""
-    if clients < 1 or seconds <= 0:
-        raise ValueError("--clients must be >= 1 and --seconds > 0")
+    local ``emolens serve`` started for the run); returns requests/s, p50/p95/p99 latency (ms), errors.
+    ``slow_clients`` > 0: meanwhile that many connections dribble an endless request head (slowloris), so
+    the latencies are those of normal requests during such an attack."""
+    if clients < 1 or seconds <= 0 or slow_clients < 0:
+        raise ValueError("--clients must be >= 1, --seconds > 0 and --slow-clients >= 0")
     payload, what = bench_image(image)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     headers = {"X-API-Key": api_key} if api_key else {}
@@ -1080,14 +1400,19 @@ def bench_serve(url: str | None = None, clients: int = 16, seconds: float = 10.0
             where = "local server (same machine as the clients)"
         else:
             where = url
-        result = asyncio.run(_load(url.rstrip("/"), clients, seconds, payload, endpoint, params or {}, headers))
+        result = asyncio.run(_load(url.rstrip("/"), clients, seconds, payload, endpoint, params or {}, headers,
+                                   slow_clients))
     result.update(image=what, image_bytes=len(payload), server=where)
     return result
 
 
 def format_bench(r: dict[str, Any]) -> str:
     kinds = ", ".join(f"{k}: {v}" for k, v in r["error_kinds"].items()) or "none"
+    attack = (f"  during a slow-client attack: {r['slow_clients']} connections dribbling request heads "
+              f"({r['slow_opened']} opened, {r['slow_closed_by_server']} closed by the server)\n"
+              if r.get("slow_clients") else "")
     return (f"{r['endpoint']} on {r['server']}: {r['clients']} clients for {r['seconds']} s, image {r['image']}\n"
+            f"{attack}"
             f"  requests {r['requests']}  ok {r['ok']}  errors {r['errors']} ({kinds})\n"
             f"  throughput {r['requests_per_s']} requests/s\n"
             f"  latency ms  p50 {r['p50_ms']}  p95 {r['p95_ms']}  p99 {r['p99_ms']}  mean {r['mean_ms']}")

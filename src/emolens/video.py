@@ -664,9 +664,13 @@ class _AtomicVideoWriter:
 
         if path.suffix.lower() not in _FOURCC:
             raise VideoError(f"{path}: output must be one of {', '.join(_FOURCC)}")
+        from .outputs import remove_stale_temp_files, temp_name
+
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+        for leftover in (path, path.with_name(path.stem)):  # .<name>.<pid>.partial.mp4 (older: .<stem>.<pid>.)
+            remove_stale_temp_files(leftover)
+        self.tmp = temp_name(path, f"partial{path.suffix}")
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*_FOURCC[path.suffix.lower()]), fps, size)
         if not self.writer.isOpened():
             self.tmp.unlink(missing_ok=True)
@@ -767,10 +771,25 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
     """Track and label every face of ``source`` (a file or anything OpenCV opens); write the annotated
     video to ``output``, one CSV row per (frame, track) to ``csv_path``, a timeline plot to ``plot_path``.
 
-    A stream that stops early ends the run cleanly and keeps what was written (``complete`` False)."""
-    import cv2
+    A stream that stops early ends the run cleanly and keeps what was written (``complete`` False); SIGTERM
+    stops it like Ctrl-C. An output that is the input (or another output) is refused before any work
+    (``emolens.outputs.OutputError``)."""
+    from .outputs import check_outputs, sigterm_as_interrupt
 
     log = log or (lambda m: print(m, file=sys.stderr))
+    check_outputs([source], files=[output, csv_path, plot_path])  # before any work: never replace the input
+    with sigterm_as_interrupt():  # kill (SIGTERM) cleans up like Ctrl-C: no hidden partial files left
+        return _process_video(source, output, csv_path, plot_path, processor=processor, max_frames=max_frames,
+                              progress=progress, draw_bars=draw_bars, log=log, **processor_kwargs)
+
+
+def _process_video(source: str, output: str | Path | None, csv_path: str | Path | None,
+                   plot_path: str | Path | None, *, processor: VideoProcessor | None, max_frames: int,
+                   progress: bool, draw_bars: bool, log: Callable[[str], None], **processor_kwargs) -> VideoResult:
+    import cv2
+
+    from .outputs import remove_stale_temp_files, temp_name
+
     cap = open_capture(source)
     writer = None
     csv_tmp = None
@@ -799,7 +818,8 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
         if csv_path:
             csv_path = Path(csv_path)
             csv_path.parent.mkdir(parents=True, exist_ok=True)
-            csv_tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+            remove_stale_temp_files(csv_path)
+            csv_tmp = temp_name(csv_path, "tmp")
             csv_file = open(csv_tmp, "w", newline="")  # noqa: SIM115 - closed in finally
             csv_out = csv.writer(csv_file)
             csv_out.writerow(CSV_COLUMNS)
@@ -906,7 +926,10 @@ def run_webcam(source: str | int = 0, record: str | Path | None = None, max_fram
     says how to get a live view. Returns the number of frames processed."""
     import cv2
 
+    from .outputs import check_outputs, sigterm_as_interrupt
+
     log = log or (lambda m: print(m, file=sys.stderr))
+    check_outputs([str(source)], files=[record])  # --record must not replace the source video
     if window is None:
         window, why = gui_available()
         if not window and not record:
@@ -921,6 +944,7 @@ def run_webcam(source: str | int = 0, record: str | Path | None = None, max_fram
     n = 0
     t0 = time.perf_counter()
     fps_live = 0.0
+    stop = sigterm_as_interrupt().__enter__()  # kill stops a recording like q or Ctrl-C: the file is finished
     try:
         fps, _ = _fps_of(cap)
         while not max_frames or n < max_frames:
@@ -947,6 +971,7 @@ def run_webcam(source: str | int = 0, record: str | Path | None = None, max_fram
     except KeyboardInterrupt:
         pass
     finally:
+        stop.__exit__(None, None, None)
         cap.release()
         if writer is not None and writer.close():
             log(f"recorded {writer.frames} frames to {writer.path}")
