@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,41 @@ class ImageError(ValueError):
 
 class NoFaceError(ImageError):
     """The one-line helpers found no face in the image."""
+
+
+class BoxError(ValueError):
+    """User-given face boxes that are not boxes inside the image (malformed, negative, empty, outside)."""
+
+
+def check_boxes(boxes: Any, width: int, height: int) -> list[Box]:
+    """User-given face boxes -> [(x, y, w, h)] ints, each inside the ``width`` x ``height`` image with a width
+    and height of at least 1 px; BoxError naming the first bad one otherwise. Whole numbers as floats (12.0)
+    are fine; fractions are rounded.
+
+    >>> check_boxes([(10, 20, 30, 40)], 100, 100)
+    [(10, 20, 30, 40)]
+    """
+    if isinstance(boxes, str | bytes) or not isinstance(boxes, Sequence | np.ndarray):
+        raise BoxError(f"boxes must be a list of [x, y, w, h], not {type(boxes).__name__}")
+    out: list[Box] = []
+    for i, b in enumerate(boxes):
+        what = f"box {i} ({b!r})"
+        if isinstance(b, str | bytes) or not isinstance(b, Sequence | np.ndarray) or len(b) != 4:
+            raise BoxError(f"{what}: expected 4 numbers x, y, w, h")
+        if not all(isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) for v in b):
+            raise BoxError(f"{what}: x, y, w, h must be numbers")
+        if not all(math.isfinite(float(v)) for v in b):
+            raise BoxError(f"{what}: x, y, w, h must be finite")
+        x, y, w, h = (int(round(float(v))) for v in b)
+        if x < 0 or y < 0:
+            raise BoxError(f"{what}: negative x or y; boxes are (x, y, w, h) from the image's top-left corner")
+        if w < 1 or h < 1:
+            raise BoxError(f"{what}: empty box (width and height must be at least 1 px)")
+        if x + w > width or y + h > height:
+            raise BoxError(f"{what}: reaches outside the {width}x{height} image (x + w <= {width}, "
+                           f"y + h <= {height})")
+        out.append((x, y, w, h))
+    return out
 
 
 @dataclass
@@ -264,9 +300,14 @@ class EmotionRecognizer:
         return out
 
     def _prepare(self, image: ImageInput, detector: str | None, detect: bool | None,
-                 channel_order: str) -> tuple[list[Detection], np.ndarray]:
-        """(detections left to right, (N, 48, 48) uint8 crops) of one image."""
+                 channel_order: str, boxes: Sequence[Sequence[float]] | None = None
+                 ) -> tuple[list[Detection], np.ndarray]:
+        """(detections left to right, (N, 48, 48) uint8 crops) of one image; ``boxes``: the user's own, in
+        their order, instead of detection."""
         img = self.load(image, channel_order)
+        if boxes is not None:
+            dets = [Detection(b) for b in check_boxes(boxes, img.shape[1], img.shape[0])]
+            return dets, face_crops(_as_color(img), dets, 0.2 if self.margin is None else self.margin, False)
         detect = self.detect_faces_default if detect is None else detect
         if not detect or is_face_crop(img):
             h, w = img.shape[:2]
@@ -279,9 +320,14 @@ class EmotionRecognizer:
     # -- the API
 
     def predict(self, image: ImageInput, tta: str | None = None, detector: str | None = None,
-                detect: bool | None = None, channel_order: str = "bgr") -> list[Face]:
-        """Every face in ``image`` with its emotion, left to right (an empty list when there is none)."""
-        dets, crops = self._prepare(image, detector, detect, channel_order)
+                detect: bool | None = None, channel_order: str = "bgr",
+                boxes: Sequence[Sequence[float]] | None = None) -> list[Face]:
+        """Every face in ``image`` with its emotion, left to right (an empty list when there is none).
+
+        ``boxes``: faces found by your own detector, ``[(x, y, w, h), ...]`` in pixels of the image; they are
+        classified as given, in that order, with no detection (cropped with ``margin``, default 0.2, not
+        rotated); a box that is not inside the image is a :class:`BoxError`."""
+        dets, crops = self._prepare(image, detector, detect, channel_order, boxes)
         return self._faces(self.predict_faces(crops, tta), dets)
 
     def predict_batch(self, images: Iterable[ImageInput], tta: str | None = None, detector: str | None = None,
@@ -420,6 +466,59 @@ def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, problems
+
+
+def load_boxes_file(path: str | Path) -> dict[str | None, list[list[float]]]:
+    """Face boxes from a user's ``.json`` or ``.csv`` file -> {image path or name: [[x, y, w, h], ...]}, the key
+    None standing for every image. JSON: ``[[x, y, w, h], ...]`` (every image) or ``{"photo.jpg": [[x, y, w,
+    h], ...], ...}``. CSV: columns ``x, y, w, h`` and optionally ``path`` (one row per face; the
+    ``predictions.csv`` that ``emolens predict`` writes is such a file). Boxes are checked against each image
+    later (:func:`check_boxes`); a file that is not of this form is a BoxError."""
+    import csv
+    import json
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BoxError(f"{p}: cannot read the boxes file ({e.strerror if isinstance(e, OSError) else e})") from None
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise BoxError(f"{p}: not valid JSON ({str(e)[:80]})") from None
+        if isinstance(data, list):
+            return {None: data}
+        if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+            return {str(k): v for k, v in data.items()}
+        raise BoxError(f'{p}: expected [[x, y, w, h], ...] or {{"image.jpg": [[x, y, w, h], ...]}}')
+    if p.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        cols = set(rows[0]) if rows else set()
+        if not {"x", "y", "w", "h"} <= cols:
+            raise BoxError(f"{p}: a boxes CSV needs the columns x, y, w, h (and path for several images)")
+        out: dict[str | None, list[list[float]]] = {}
+        for i, r in enumerate(rows, 2):
+            try:
+                box = [float(r[k]) for k in ("x", "y", "w", "h")]
+            except (TypeError, ValueError):
+                raise BoxError(f"{p}, line {i}: x, y, w, h must be numbers") from None
+            out.setdefault(r.get("path") or None, []).append(box)
+        return out
+    raise BoxError(f"{p}: a boxes file must be .json or .csv")
+
+
+def boxes_for(table: dict[str | None, list[list[float]]], path: str | Path) -> list[list[float]] | None:
+    """The boxes of one image in a :func:`load_boxes_file` table: by the path as given, its resolved path or
+    its file name; the None entry otherwise; None when the table has nothing for it."""
+    p = Path(path)
+    for key in (str(path), str(p.resolve()), p.name):
+        if key in table:
+            return table[key]
+    for key in table:
+        if key is not None and Path(key).resolve() == p.resolve():
+            return table[key]
+    return table.get(None)
 
 
 CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "emotion", "confidence")

@@ -178,6 +178,10 @@ class HealthOut(BaseModel):
 class ImageJSON(BaseModel):
     image: str = Field(description="base64 of a JPEG/PNG/BMP/WebP file (a data: URL is accepted)",
                        json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"})
+    boxes: list[list[float]] | None = Field(
+        None, description="your own face boxes [[x, y, w, h], ...] in pixels of the image, classified in that order "
+                          "instead of detecting faces (multipart: a form field 'boxes' holding this JSON); a box "
+                          "not inside the image is a 422")
 
 
 class BatchJSON(BaseModel):
@@ -389,8 +393,10 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | Non
     return out
 
 
-async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, bytes]]:
-    """The encoded images of a predict request (multipart or JSON): [(name for messages, bytes)]."""
+async def read_images(request, limits: Limits, batch: bool, fields: dict[str, Any] | None = None
+                      ) -> list[tuple[str, bytes]]:
+    """The encoded images of a predict request (multipart or JSON): [(name for messages, bytes)]. With
+    ``fields``, the request's ``boxes`` (JSON key, or multipart field holding JSON) is put there, parsed."""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";")[0].strip().lower()  # the boundary after it is case-sensitive
     if media not in ("multipart/form-data", "application/json"):
@@ -404,6 +410,12 @@ async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, b
     images: list[tuple[str, bytes]] = []
     if media == "multipart/form-data":
         for field, filename, part_type, data in parse_multipart(body, ctype):
+            if field == "boxes" and fields is not None:
+                try:
+                    fields["boxes"] = loads_json(data)
+                except (ValueError, UnicodeDecodeError):
+                    raise ApiError(422, "bad_boxes", "form field 'boxes': not JSON [[x, y, w, h], ...]") from None
+                continue
             if field not in ("file", "files"):
                 continue  # other form fields are ignored, as HTML forms may add some
             label = filename or field
@@ -427,6 +439,8 @@ async def read_images(request, limits: Limits, batch: bool) -> list[tuple[str, b
             if not isinstance(payload, dict) or "image" not in payload:
                 raise ApiError(422, "invalid_json", 'expected {"image": "<base64>"}')
             items = [payload["image"]]
+            if fields is not None and payload.get("boxes") is not None:
+                fields["boxes"] = payload["boxes"]
         bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
         if bad is not None:  # the shape is checked before the count: a wrong body is a 422 whatever its length
             where = f"images[{bad}]" if batch else "image"
@@ -675,16 +689,26 @@ class Engine:
         return {"name": info["name"], "sha256": info["sha256"]}
 
     def predict(self, images: list[np.ndarray], detector: str | None = None, tta: str | None = None,
-                faces_only: bool = False, max_faces: int = 32) -> list[list[dict[str, Any]]]:
+                faces_only: bool = False, max_faces: int = 32, boxes: Any = None) -> list[list[dict[str, Any]]]:
         """BGR or gray images -> per image, its faces {box, emotion, confidence, probabilities}, largest
-        ``max_faces`` (in the recognizer's left-to-right order). Bad options or images raise ApiError."""
+        ``max_faces`` (in the recognizer's left-to-right order). ``boxes``: the user's face boxes of the one
+        image, instead of detection. Bad options, images or boxes raise ApiError."""
         from .faces import DetectorError
-        from .predict import ImageError
+        from .predict import BoxError, ImageError
         from .runtime import ModelError
 
         try:
-            per_image = self.recognizer.predict_batch(images, **_opt(tta=tta, detector=detector),
-                                                      detect=False if faces_only else None)
+            if boxes is not None:
+                if faces_only or len(images) != 1:
+                    raise BoxError("boxes go with one image, and not with faces_only")
+                if isinstance(boxes, list) and len(boxes) > max_faces:
+                    raise BoxError(f"{len(boxes)} boxes, the limit is {max_faces} faces per image")
+                per_image = [self.recognizer.predict(images[0], boxes=boxes, **_opt(tta=tta))]
+            else:
+                per_image = self.recognizer.predict_batch(images, **_opt(tta=tta, detector=detector),
+                                                          detect=False if faces_only else None)
+        except BoxError as e:
+            raise ApiError(422, "bad_boxes", str(e)) from None
         except DetectorError as e:
             raise ApiError(422, "detector_unavailable", str(e)) from None
         except ImageError as e:
@@ -847,14 +871,16 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
               responses=predict_docs, openapi_extra=_request_body_spec(batch=False, limits=limits))
     async def predict(request: Request, detector: Detector | None = det_q, tta: Tta | None = tta_q,
                       faces_only: bool = faces_only_q) -> dict[str, Any]:
-        """Emotions of the faces in one image (multipart field ``file``, or JSON ``{"image": "<base64>"}``)."""
+        """Emotions of the faces in one image (multipart field ``file``, or JSON ``{"image": "<base64>"}``); with
+        ``boxes`` (JSON key or form field), of the faces in those boxes."""
         t0 = time.perf_counter()
-        (name, data), = await read_images(request, limits, batch=False)
+        fields: dict[str, Any] = {}
+        (name, data), = await read_images(request, limits, batch=False, fields=fields)
         eng = engine()
 
         def work() -> dict[str, Any]:
             img = decode_image(data, limits, name)
-            (faces,) = eng.predict([img], detector, tta, faces_only, limits.max_faces)
+            (faces,) = eng.predict([img], detector, tta, faces_only, limits.max_faces, fields.get("boxes"))
             return {"faces": faces, "image": {"width": img.shape[1], "height": img.shape[0]}}
 
         out = await in_thread(work)
