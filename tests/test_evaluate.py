@@ -279,6 +279,25 @@ def test_cli_end_to_end(fer_folder, models, tmp_path, capsys):
     assert f"{100 * m['accuracy']:.1f}" in text
 
 
+def test_cli_class_folder_needs_no_split_all(models, tmp_path, capsys):
+    """A plain <class>/ folder names no split: the default split (auto) evaluates all of it and says so."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    for c in CLASSES:
+        (tmp_path / "faces" / c).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / "faces" / c / f"{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    out = tmp_path / "cls"
+    rc = main(["evaluate", "--data", str(tmp_path / "faces"), "--model", str(models[0]), "--tta", "none",
+               "--out", str(out)])
+    text = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert rc == 0, text
+    assert "has no public split" in text and "evaluating all of them" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["data"]["count"] == 14 and m["data"]["split"] == "all"
+
+
 def test_cli_compares_two_models_with_mcnemar(fer_folder, models, tmp_path, capsys):
     out = tmp_path / "cmp"
     rc = main(["evaluate", "--data", str(fer_folder), "--model", str(models[0]), "--model", str(models[1]),

@@ -53,21 +53,20 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of tables")
     p.add_argument("--save-dir", default=None, metavar="DIR", help="write annotated images and predictions.csv here")
     p.add_argument("--detector", default="auto",
-                   help="face detector: auto (blazeface), blazeface (CNN, faces from 24 px, any image size), dlib, "
-                        "dlib-small (faces down to ~32 px, 4x slower), haar")
-    p.add_argument("--boxes", default=None, metavar="FILE.csv|FILE.json",
-                   help="your own face boxes instead of detection: JSON [[x, y, w, h], ...] (every image) or "
-                        "{\"photo.jpg\": [[x, y, w, h], ...]}, or CSV with columns x,y,w,h (and path), such as "
-                        "a predictions.csv; an image not in the file has no faces")
+                   help="face detector: auto (dlib when installed, else haar), dlib, dlib-small (faces down to "
+                        "~32 px, 4x slower), haar")
     p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
     p.add_argument("--no-detect", action="store_true",
                    help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
+    p.add_argument("--no-bars", action="store_true",
+                   help="annotated images: boxes and labels only, no probability panels")
     p.add_argument("--margin", type=float, default=None,
                    help="crop side = detected box side x (1 + margin); default: the detector's (haar 0.1, dlib 0.2)")
     p.add_argument("--model", default=None, metavar="PATH", help=".onnx or .pt model (default: the shipped one)")
-    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="onnx",
-                   help="onnx (ONNX Runtime), torch (PyTorch, .pt), auto (by file suffix)")
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto (by file suffix: ONNX Runtime for .onnx and the shipped model, torch for .pt), onnx, "
+                        "torch")
 
 
 def _print_faces(console, name: str, faces, classes, size: tuple[int, int]) -> None:
@@ -79,14 +78,19 @@ def _print_faces(console, name: str, faces, classes, size: tuple[int, int]) -> N
         return
     console.print(f"{name} ({size[0]}x{size[1]}): {len(faces)} face(s)", markup=False, highlight=False,
                   soft_wrap=True)
+    # one decimal when the table fits the terminal, whole percents when not (80 columns, large images)
+    for digits in (1, 0):
+        rows = [[str(i), ",".join(map(str, f.box)), f.emotion, f"{100 * f.confidence:.{digits}f}%",
+                 *(f"{100 * f.probabilities[c]:.{digits}f}" for c in classes)] for i, f in enumerate(faces)]
+        heads = ["#", "box x,y,w,h", "emotion", "conf", *(c[:3] for c in classes)]
+        width = sum(max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(heads)) + 2 * (len(heads) - 1)
+        if width <= console.width:
+            break
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-    for col in ("#", "box x,y,w,h", "emotion", "conf"):
-        t.add_column(col, justify="left" if col == "emotion" else "right", no_wrap=True)
-    for c in classes:
-        t.add_column(c[:3], justify="right", no_wrap=True)
-    for i, f in enumerate(faces):
-        t.add_row(str(i), ",".join(map(str, f.box)), f"[bold]{f.emotion}[/bold]", f"{100 * f.confidence:.1f}%",
-                  *(f"{100 * f.probabilities[c]:.1f}" for c in classes))
+    for col in heads:
+        t.add_column(col, justify="left" if col == "emotion" else "right", no_wrap=True, overflow="fold")
+    for r in rows:
+        t.add_row(*r[:2], f"[bold]{r[2]}[/bold]", *r[3:])
     console.print(t)
 
 
@@ -121,27 +125,10 @@ def _cmd_predict(args) -> int:
     from .checkpoint import atomic_write_bytes
     from .faces import DetectorError
     from .outputs import check_outputs
-    from .predict import (
-        BoxError,
-        EmotionRecognizer,
-        ImageError,
-        boxes_for,
-        expand_inputs,
-        load_boxes_file,
-        predictions_csv,
-        to_bgr,
-    )
+    from .predict import EmotionRecognizer, ImageError, expand_inputs, new_run_folder, predictions_csv, to_bgr
 
     if args.margin is not None and not 0 <= args.margin <= 2:
         raise UsageError("--margin must be between 0 and 2")
-    box_table = None
-    if args.boxes is not None:
-        if args.no_detect or getattr(args, "engine", "local") != "local":
-            raise UsageError("--boxes cannot go with --no-detect or --engine ray")
-        try:
-            box_table = load_boxes_file(args.boxes)
-        except BoxError as e:
-            raise UsageError(str(e)) from None
     inputs = args.paths or [str(Path(__file__).with_name("assets") / "astronaut.jpg")]
     files, problems = expand_inputs(inputs)
     save_dir = Path(args.save_dir) if args.save_dir else None
@@ -174,8 +161,8 @@ def _cmd_predict(args) -> int:
         for path in files:
             try:
                 img = to_bgr(path)
-                faces = rec.predict(img, boxes=None if box_table is None else boxes_for(box_table, path) or [])
-            except (ImageError, BoxError) as e:
+                faces = rec.predict(img)
+            except ImageError as e:
                 failed += 1
                 err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                 if args.json:
@@ -199,7 +186,7 @@ def _cmd_predict(args) -> int:
                 import cv2
 
                 name = names[path]
-                ok, enc = cv2.imencode(Path(name).suffix, rec.draw(img, faces))
+                ok, enc = cv2.imencode(Path(name).suffix, rec.draw(img, faces, bars=not args.no_bars))
                 if ok:
                     atomic_write_bytes(save_dir / name, enc.tobytes())
     finally:
@@ -208,6 +195,8 @@ def _cmd_predict(args) -> int:
     if csv_dir is not None and not rows and save_dir is None:
         csv_dir = None  # nothing was read: no empty runs/predict/<time>/ folder
     if csv_dir is not None:
+        if save_dir is None:  # runs/predict/<time>[-k], claimed by an exclusive mkdir: two runs never share one
+            csv_dir = new_run_folder(csv_dir)
         atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, rec.classes).encode())
     n_faces = sum(len(f) for _, f in rows)
     summary = f"{len(rows)} image(s), {n_faces} face(s), {failed} failed"
@@ -305,8 +294,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", default=None,
                    help="Kaggle folder or .zip, fer2013.csv or <class>/ folder "
                         "(default: $EMOLENS_FER2013, else ../shared/data/fer2013.zip)")
-    p.add_argument("--split", default="public", metavar="SPLIT",
-                   help="public (val; the default), private (test), train or all")
+    p.add_argument("--split", default="auto", metavar="SPLIT",
+                   help="public (val), private (test), train or all; auto (the default): public, or every image "
+                        "when the data has no splits (a <class>/ folder)")
     p.add_argument("--model", action="append", default=None, metavar="PATH",
                    help=".onnx or .pt model (default: the shipped model); repeat to compare models")
     p.add_argument("--sha256", action="append", default=None, metavar="HEX",
@@ -367,15 +357,33 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     if args.task == "sequence":
+        _import_train()  # the same install hint when torch is missing
         from .temporal import train_sequence_cli
 
         return train_sequence_cli(args)
-    from .config import load_config, overrides_from_args
-    from .train import TrainConfig, train
+    from .config import TrainConfig, load_config, overrides_from_args
 
-    cfg = load_config(TrainConfig, args.config, overrides_from_args(args, TrainConfig))
-    train(cfg, resume=args.resume)
+    train = _import_train()  # first: the config check itself needs torch (the model registry)
+    overrides = overrides_from_args(args, TrainConfig)
+    cfg = load_config(TrainConfig, args.config, overrides)
+    train(cfg, resume=args.resume, explicit=set(overrides))
     return 0
+
+
+#: what `train` and the other torch-only commands say when PyTorch is missing
+TORCH_HINT = ("PyTorch: pip install 'emolens[train]' (CPU-only PyTorch, without the multi-GB CUDA build: "
+              "pip install torch --index-url https://download.pytorch.org/whl/cpu first)")
+
+
+def _import_train():
+    """``emolens.train.train``, or a UsageError with the install line when torch is missing."""
+    try:
+        from .train import train
+    except ImportError as e:
+        if (e.name or "").split(".")[0] in ("torch", "onnx", "onnxscript"):
+            raise UsageError(f"train needs {TORCH_HINT}") from None
+        raise
+    return train
 
 
 # ---------------------------------------------------------------------------------------------- video
@@ -422,7 +430,8 @@ def _add_video(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", help="video file or URL (rtsp://, http://...)")
     p.add_argument("-o", "--output", default=None, help="annotated video (.mp4, .avi, .mkv, .mov)")
-    p.add_argument("--csv", default=None, help="timeline CSV: frame, time, track, box, emotion, probabilities")
+    p.add_argument("--csv", default=None,
+                   help="timeline CSV: frame, time_s, track_id, x, y, w, h, detected, emotion, confidence, p_<class>")
     p.add_argument("--plot", default=None, help="timeline plot (.png, .pdf, .svg)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
     p.add_argument("--no-bars", action="store_true", help="draw boxes and labels only, no probability bars")
@@ -714,6 +723,26 @@ def _cmd_bench_train(args) -> int:
 _VERBS = ["predict", "evaluate", "train", "export", "video", "webcam", "serve", "data", "bench"]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help only where the help does not already say its default, and
+    never "(default: None)" or "(default: False)", which say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _set_formatter(parser: argparse.ArgumentParser) -> None:
+    """The one help formatter for the parser and every sub-parser below it."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _set_formatter(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emolens",
@@ -725,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
         adder = globals().get(f"_add_{verb}")
         if adder is not None:
             adder(sub)
+    _set_formatter(parser)
     return parser
 
 

@@ -154,10 +154,38 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     misleading "default: None" beside the field's real default.)"""
     group = parser.add_argument_group(f"{cls.__name__} options (override the YAML)")
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse %-formats help
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, metavar="VALUE",
-                           help=help_)
+        help_ = field_help(f).replace("%", "%%")  # argparse %-formats help
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+                           metavar=field_metavar(cls, f), help=help_)
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """A config field's help with its default, said once: not added where the help already says it, nor for
+    an empty string (whose meaning the help gives, e.g. "default runs/train/<model>-<time>")."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    text = f.metadata.get("help", "")
+    if "default" in text.lower() or default in ("", None):
+        return text
+    return f"{text} (default: {default})"
+
+
+def field_metavar(cls: type, f: dataclasses.Field) -> str:
+    """What ``--help`` shows as a config field's value, from its type: ``INT``, ``FLOAT``, ``{true,false}``,
+    ``{sgd,adamw}`` for a Literal, ``A,B,...`` for a list, ``YAML`` for a mapping, the field's name for a string
+    (``--data DATA``). A field may name its own with ``metadata={"metavar": ...}``."""
+    if "metavar" in f.metadata:
+        return str(f.metadata["metavar"])
+    tp = _field_type(cls, f)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] shows as X
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    if origin in (list, tuple):
+        return "A,B,..."
+    if origin is dict or tp is dict:
+        return "YAML"
+    return {bool: "{true,false}", int: "INT", float: "FLOAT"}.get(tp, f.name.upper())
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:

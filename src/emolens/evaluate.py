@@ -354,6 +354,18 @@ def _history(clf, twin: dict[str, Any] | None) -> list[dict[str, Any]]:
     return hist if isinstance(hist, list) and all(isinstance(h, dict) for h in hist) else []
 
 
+def _auto_split(ds, data: Any, say) -> str:
+    """``split="auto"``: public, or every image when the data names no split at all (a plain ``<class>/``
+    folder, whose images :func:`emolens.data.load_dataset` files under one split), said in the log."""
+    from .data import SPLITS
+
+    present = [name for i, name in enumerate(SPLITS) if (ds.splits == i).any()]
+    if "public" in present or len(present) != 1:
+        return "public"
+    say(f"note: {data} has no public split (all {len(ds)} images are in {present[0]!r}): evaluating all of them")
+    return "all"
+
+
 def _select_split(ds, split: str, data: Any):
     from .data import SPLITS, DataError
 
@@ -401,9 +413,10 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
              skip_bad: bool = False, progress: bool = False, log=None) -> dict[str, Any]:
     """Evaluate a model (or several) on one split of labelled FER data; returns the metrics dict.
 
-    ``data`` is anything :func:`emolens.data.load_dataset` reads (the images are 48x48 faces already, so no
-    face detection); ``model`` is a ``.onnx``/``.pt`` path, a loaded classifier, None for the shipped model,
-    or a list of them to compare (then the dict is ``{"models": [...], "comparisons": [...], ...}`` and
+    ``split``: train, public, private, all, or auto (public, else every image when the data has a single
+    split, as a plain ``<class>/`` folder does). ``data`` is anything :func:`emolens.data.load_dataset` reads
+    (the images are 48x48 faces already, so no face detection); ``model`` is a ``.onnx``/``.pt`` path, a
+    loaded classifier, None for the shipped model, or a list of them to compare (then the dict is ``{"models": [...], "comparisons": [...], ...}`` and
     each model's entry is a full metrics dict). ``sha256`` (one per model) must match the file; ``skip_bad``
     skips unreadable images (counted in ``data.skipped``); ``progress`` shows a progress bar. Writes
     metrics.json, predictions.csv, PNG plots, report.html and report.xlsx into ``out`` (default
@@ -428,7 +441,7 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
     if sha256 is not None and len(shas) != len(specs):
         raise EvaluateError(f"give one --sha256 per --model ({len(specs)} models, {len(shas)} hashes)")
     shas += [None] * (len(specs) - len(shas))
-    if split != "all":
+    if split not in ("all", "auto"):
         try:
             resolve_split(split)  # a typo fails before minutes of model and data loading
         except DataError as e:
@@ -438,6 +451,8 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
     classifiers = [load_checked_classifier(m, runtime, device, s) for m, s in zip(specs, shas, strict=True)]
     t0 = time.perf_counter()
     ds = load_dataset(data, skip_bad=skip_bad, progress=progress)
+    if split == "auto":
+        split = _auto_split(ds, data, say)
     sub = _select_split(ds, split, data)
     data_seconds = time.perf_counter() - t0
     common = {

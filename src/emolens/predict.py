@@ -344,11 +344,16 @@ class EmotionRecognizer:
             i += len(c)
         return out
 
-    def draw(self, image: ImageInput, faces: Sequence[Face], channel_order: str = "bgr", bars: bool = True):
-        """A copy of ``image`` with each face's box, label and (``bars``) probability bars. Returns the same
-        kind as given for numpy (same channel order) and PIL inputs; a BGR array for paths and bytes."""
+    def draw(self, image: ImageInput, faces: Sequence[Face], channel_order: str = "bgr", bars: bool = True,
+             mark_empty: bool = True):
+        """A copy of ``image`` with each face's box, label and (``bars``) probability bars, or, with no face and
+        ``mark_empty``, a "no face found" banner. Returns the same kind as given for numpy (same channel order)
+        and PIL inputs; a BGR array for paths and bytes."""
         img = _as_color(self.load(image, channel_order)).copy()
-        draw_faces(img, faces, self.classes, bars)
+        if faces:
+            draw_faces(img, faces, self.classes, bars)
+        elif mark_empty:
+            draw_no_face(img)
         if isinstance(image, np.ndarray) and channel_order == "rgb":
             return np.ascontiguousarray(img[:, :, ::-1])
         if type(image).__module__.startswith("PIL."):
@@ -356,6 +361,15 @@ class EmotionRecognizer:
 
             return Image.fromarray(np.ascontiguousarray(img[:, :, ::-1]))
         return img
+
+    def top_emotion(self, image: ImageInput, channel_order: str = "bgr") -> tuple[str | None, float | None]:
+        """(emotion, confidence 0-1) of the largest face, e.g. ``("happy", 0.93)``; ``(None, None)`` when the
+        image has no face (as fer's ``FER.top_emotion``)."""
+        faces = self.predict(image, channel_order=channel_order)
+        if not faces:
+            return None, None
+        face = max(faces, key=lambda f: f.box[2] * f.box[3])
+        return face.emotion, face.confidence
 
     def info(self) -> dict[str, Any]:
         """Model identity plus the detector and TTA in use."""
@@ -371,41 +385,149 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 
+Rect = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive
+
+
+@dataclass
+class FaceLayout:
+    """Where one face's annotations go (see :func:`annotation_layout`): the ``label`` rectangle (inside the
+    image) with its text origin and font scale, and the probability ``panel`` rectangle with its font scale, or
+    None when no free place beside the box holds even the smallest panel."""
+
+    label: Rect
+    text_origin: tuple[int, int]
+    font_scale: float
+    panel: Rect | None = None
+    panel_scale: float = 0.0
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(r: Rect, width: int, height: int) -> bool:
+    return r[0] >= 0 and r[1] >= 0 and r[2] <= width and r[3] <= height
+
+
+def _panel_size(classes: Sequence[str], unit: float, scale: float) -> tuple[int, int, int, int, int]:
+    """(width, height, row height, name width, bar width) of a probability panel at ``scale``."""
+    import cv2
+
+    bscale, bthick = 0.4 * unit * scale, max(1, round(unit * scale))
+    (nw, nh), _ = cv2.getTextSize(max(classes, key=len), cv2.FONT_HERSHEY_SIMPLEX, bscale, bthick)
+    row, bar_w = nh + max(3, round(4 * unit * scale)), max(24, round(60 * unit * scale))
+    return nw + bar_w + 8, row * len(classes) + 2, row, nw, bar_w
+
+
+#: panel sizes tried, largest first, before a panel is left out
+PANEL_SCALES = (1.0, 0.8, 0.6)
+
+
+def annotation_layout(faces: Sequence[Face], classes: Sequence[str], shape: tuple[int, ...],
+                      bars: bool = True) -> list[FaceLayout]:
+    """Place each face's label and probability panel in an image of ``shape`` (H, W[, C]).
+
+    Labels go above the box (else below it, else inside its top), moved sideways to stay inside the image.
+    A panel goes right of its box, else left, below or above, at the largest of :data:`PANEL_SCALES` that
+    fits inside the image without covering any face's box, any label or another panel; a face whose
+    neighbours leave no such place gets no panel (its label still says the emotion)."""
+    import cv2
+
+    height, width = shape[:2]
+    unit = max(1.0, min(height, width) / 480)  # line widths and fonts grow with the image
+    thick, font, fscale = max(1, round(2 * unit)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * unit
+    pad = max(2, round(2 * unit))
+    boxes: list[Rect] = [(x - pad, y - pad, x + w + pad, y + h + pad) for x, y, w, h in (f.box for f in faces)]
+    labels: list[Rect] = []
+    out: list[FaceLayout] = []
+    for i, f in enumerate(faces):
+        x, y, w, h = f.box
+        text = f"{f.emotion} {100 * f.confidence:.0f}%"
+        scale = fscale
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        while tw + 4 > width and scale > 0.2:  # a tiny image: a smaller font rather than a clipped label
+            scale *= 0.8
+            (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        lw, lh = tw + 4, th + base + base // 2 + 2
+        lx = min(max(0, x), max(0, width - lw))
+        # above the box, below it (where either fits in the image), else inside the box's top
+        cands = [(lx, t) for t in (y - lh - 1, y + h + 2) if 0 <= t <= height - lh]
+        cands.append((lx, min(max(0, y + 1), max(0, height - lh))))
+        others = [b for j, b in enumerate(boxes) if j != i] + labels
+        lx, ly = next(((cx, cy) for cx, cy in cands if not any(_overlaps((cx, cy, cx + lw, cy + lh), o)
+                                                                for o in others)), cands[0])
+        rect = (lx, ly, lx + lw, ly + lh)
+        labels.append(rect)
+        out.append(FaceLayout(rect, (lx + 2, ly + th + 1), scale))
+    if not bars:
+        return out
+    panels: list[Rect] = []
+    gap = max(3, round(6 * unit))
+    for i, f in enumerate(faces):
+        x, y, w, h = f.box
+        obstacles = boxes + labels + panels
+        for s in PANEL_SCALES:
+            pw, ph, _, _, _ = _panel_size(classes, unit, s)
+            ys = [min(max(0, y), height - ph), min(max(0, y + h - ph), height - ph)]
+            xs = [min(max(0, x), width - pw), min(max(0, x + w - pw), width - pw)]
+            cands = [(x + w + gap, py) for py in ys] + [(x - gap - pw, py) for py in ys] + \
+                    [(px, y + h + gap) for px in xs] + [(px, y - gap - ph) for px in xs]
+            spot = next(((px, py) for px, py in cands if _inside((px, py, px + pw, py + ph), width, height)
+                         and not any(_overlaps((px, py, px + pw, py + ph), o) for o in obstacles)), None)
+            if spot is not None:
+                out[i].panel, out[i].panel_scale = (spot[0], spot[1], spot[0] + pw, spot[1] + ph), s
+                panels.append(out[i].panel)
+                break
+    return out
+
+
 def draw_faces(img: np.ndarray, faces: Sequence[Face], classes: Sequence[str], bars: bool = True) -> np.ndarray:
-    """Draw on the (H, W, 3) BGR ``img`` in place: box, "emotion 93%" label, and a panel of probability bars
-    beside the box (right of it, or left when there is no room)."""
+    """Draw on the (H, W, 3) BGR ``img`` in place: box, "emotion 93%" label, and (``bars``) a panel of
+    probability bars beside the box, placed by :func:`annotation_layout` so that it never covers another face."""
     import cv2
 
     height, width = img.shape[:2]
-    unit = max(1.0, min(height, width) / 480)  # line widths and fonts grow with the image
+    unit = max(1.0, min(height, width) / 480)
     thick, font = max(1, round(2 * unit)), cv2.FONT_HERSHEY_SIMPLEX
-    fscale = 0.5 * unit
+    layout = annotation_layout(faces, classes, img.shape, bars)
     for f in faces:
         x, y, w, h = f.box
+        cv2.rectangle(img, (x, y), (x + w, y + h), COLORS.get(f.emotion, (0, 255, 0)), thick, cv2.LINE_AA)
+    for f, lay in zip(faces, layout, strict=True):
         color = COLORS.get(f.emotion, (0, 255, 0))
-        cv2.rectangle(img, (x, y), (x + w, y + h), color, thick, cv2.LINE_AA)
-        label = f"{f.emotion} {100 * f.confidence:.0f}%"
-        (tw, th), base = cv2.getTextSize(label, font, fscale, thick)
-        ty = y - 4 if y - th - base - 4 >= 0 else min(height - 1, y + h + th + 4)
-        cv2.rectangle(img, (x, ty - th - base), (x + tw + 4, ty + base // 2), color, -1)
-        cv2.putText(img, label, (x + 2, ty - base // 2), font, fscale, (0, 0, 0), thick, cv2.LINE_AA)
-        if not bars:
-            continue
-        bscale, bthick = 0.4 * unit, max(1, round(unit))
-        (nw, nh), _ = cv2.getTextSize("surprise", font, bscale, bthick)
-        row, bar_w = nh + max(3, round(4 * unit)), max(30, round(60 * unit))
-        panel_w = nw + bar_w + 8
-        px = x + w + 6 if x + w + 6 + panel_w <= width else max(0, x - panel_w - 6)
-        py = max(0, min(y, height - row * len(classes)))
-        overlay = img.copy()
-        cv2.rectangle(overlay, (px, py), (px + panel_w, py + row * len(classes) + 2), (0, 0, 0), -1)
-        cv2.addWeighted(overlay, 0.45, img, 0.55, 0, dst=img)
-        for i, c in enumerate(classes):
-            p = float(f.probabilities.get(c, 0.0))
-            yy = py + (i + 1) * row
-            cv2.putText(img, c, (px + 2, yy - 2), font, bscale, (255, 255, 255), bthick, cv2.LINE_AA)
-            bx = px + nw + 6
-            cv2.rectangle(img, (bx, yy - nh), (bx + max(1, round(bar_w * p)), yy - 1), COLORS.get(c, color), -1)
+        if lay.panel is not None:
+            px, py, px1, py1 = lay.panel
+            _, _, row, nw, bar_w = _panel_size(classes, unit, lay.panel_scale)
+            bscale, bthick = 0.4 * unit * lay.panel_scale, max(1, round(unit * lay.panel_scale))
+            roi = img[py:py1, px:px1]
+            roi[:] = (roi * 0.45).astype(np.uint8)  # darkened backdrop: white names stay readable on any photo
+            for k, c in enumerate(classes):
+                p = float(f.probabilities.get(c, 0.0))
+                yy = py + (k + 1) * row
+                cv2.putText(img, c, (px + 2, yy - 2), font, bscale, (255, 255, 255), bthick, cv2.LINE_AA)
+                bx = px + nw + 6
+                cv2.rectangle(img, (bx, yy - row + 4), (bx + max(1, round(bar_w * p)), yy - 1),
+                              COLORS.get(c, color), -1)
+        lx, ly, lx1, ly1 = lay.label
+        cv2.rectangle(img, (lx, ly), (lx1 - 1, ly1 - 1), color, -1)
+        cv2.putText(img, f"{f.emotion} {100 * f.confidence:.0f}%", lay.text_origin, font, lay.font_scale,
+                    (0, 0, 0), thick, cv2.LINE_AA)
+    return img
+
+
+def draw_no_face(img: np.ndarray, text: str = "no face found") -> np.ndarray:
+    """Mark the (H, W, 3) BGR ``img`` in place as holding no detected face: a red banner at its top left."""
+    import cv2
+
+    height, width = img.shape[:2]
+    unit = max(1.0, min(height, width) / 480)
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.6 * unit, max(1, round(2 * unit))
+    (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+    while tw + 12 > width and scale > 0.2:
+        scale *= 0.8
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+    cv2.rectangle(img, (0, 0), (min(width, tw + 12) - 1, min(height, th + base + 12) - 1), (40, 40, 220), -1)
+    cv2.putText(img, text, (6, th + 6), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return img
 
 
@@ -466,6 +588,21 @@ def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, problems
+
+
+def new_run_folder(path: str | Path) -> Path:
+    """Create and return a new, empty folder ``path``, or ``path-2``, ``path-3``... when it exists: each
+    candidate is claimed by an exclusive ``mkdir``, so two runs started in the same second never share one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        cand = path if k == 1 else path.with_name(f"{path.name}-{k}")
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: 10000 run folders of this name exist; clean some up")
 
 
 def load_boxes_file(path: str | Path) -> dict[str | None, list[list[float]]]:
@@ -536,3 +673,28 @@ def predictions_csv(rows: Iterable[tuple[str, Sequence[Face]]], classes: Sequenc
             w.writerow([path, i, *f.box, f.emotion, f"{f.confidence:.6f}",
                         *(f"{f.probabilities[c]:.6f}" for c in classes)])
     return buf.getvalue()
+
+
+def to_dataframe(results: Iterable[tuple[Any, Sequence[Face]]] | Sequence[Sequence[Face]],
+                 classes: Sequence[str] | None = None):
+    """Results as a pandas DataFrame, one row per face, with the columns of predictions.csv: ``path``, ``face``,
+    ``x``, ``y``, ``w``, ``h``, ``emotion``, ``confidence``, ``p_<class>``. ``results``: ``(path, faces)`` pairs,
+    or the lists of ``predict_batch`` (then ``path`` is the image's index). Needs pandas (not a dependency)::
+
+        paths = ["a.jpg", "b.jpg"]
+        df = to_dataframe(zip(paths, rec.predict_batch(paths)))
+        df.groupby("emotion").size()
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas, which emolens does not install: pip install pandas") from None
+    pairs = [(r if isinstance(r, tuple) and len(r) == 2 and not isinstance(r[0], Face) else (i, r))
+             for i, r in enumerate(results)]
+    names = list(classes) if classes is not None else \
+        next((list(fs[0].probabilities) for _, fs in pairs if fs), [])
+    rows = [{"path": path, "face": k, "x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3],
+             "emotion": f.emotion, "confidence": f.confidence,
+             **{f"p_{c}": f.probabilities.get(c, 0.0) for c in names}}
+            for path, faces in pairs for k, f in enumerate(faces)]
+    return pd.DataFrame(rows, columns=[*CSV_FIELDS, *(f"p_{c}" for c in names)])

@@ -668,16 +668,15 @@ def add_sequence_arguments(parser) -> None:
     """The ``--task sequence`` options that ``emolens train`` does not already have."""
     import dataclasses
 
-    from .config import TrainConfig
+    from .config import TrainConfig, field_help, field_metavar
 
     have = {f.name for f in dataclasses.fields(TrainConfig)}
     group = parser.add_argument_group("SequenceConfig options (--task sequence)")
     for f in dataclasses.fields(SequenceConfig):
         if f.name in have:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
-                           help=f"{f.metadata.get('help', '')} (default: {default})")
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                           metavar=field_metavar(SequenceConfig, f), help=field_help(f).replace("%", "%%"))
 
 
 def train_sequence_cli(args) -> int:

@@ -380,9 +380,11 @@ def _dist_env() -> tuple[int, int]:
     return rank, world
 
 
-def _resume_state(cfg: TrainConfig, resume: str | Path) -> tuple[TrainConfig, dict[str, Any], Path]:
-    """The saved run's config (``epochs``, ``progress``, ``device``, ``threads`` may be changed) and its
-    last.pt contents."""
+def _resume_state(cfg: TrainConfig, resume: str | Path,
+                  explicit: set[str] | None = None) -> tuple[TrainConfig, dict[str, Any], Path]:
+    """The saved run's config and its last.pt contents. Only ``epochs``, ``progress``, ``device`` and
+    ``threads`` may change, and only when given explicitly: named in ``explicit`` (the fields typed on the
+    command line), or, when that is None, set to something other than the default."""
     from .checkpoint import CheckpointError
     from .config import build_config
 
@@ -392,25 +394,41 @@ def _resume_state(cfg: TrainConfig, resume: str | Path) -> tuple[TrainConfig, di
     if "optimizer" not in state or "epoch" not in state:
         raise CheckpointError(f"{rpath}: holds no optimizer state to resume from; give the run's last.pt")
     saved = build_config(TrainConfig, state["config"])
-    # only an explicit --epochs (one that differs from the default) changes the saved run's length
-    if cfg.epochs != TrainConfig.epochs and cfg.epochs != saved.epochs:
+
+    def given(name: str) -> bool:
+        return name in explicit if explicit is not None else getattr(cfg, name) != getattr(TrainConfig, name)
+
+    if given("epochs") and cfg.epochs != saved.epochs:
         if saved.schedule == "onecycle":
             raise ConfigError(f"epochs: the run's one-cycle schedule was laid out for {saved.epochs} epochs and "
                               "cannot be stretched; resume without --epochs or start a new run")
         saved.epochs = cfg.epochs
-    saved.progress = cfg.progress
-    # where and how fast to run may change (a GPU run resumed on a CPU): only when given explicitly
-    for name in ("device", "threads"):
-        if getattr(cfg, name) != getattr(TrainConfig, name):
+    # where and how fast to run may change (a GPU run resumed on a CPU), and whether to show a progress bar
+    for name in ("progress", "device", "threads"):
+        if given(name):
             setattr(saved, name, getattr(cfg, name))
     saved.out = str(rpath.parent)
     return saved, state, rpath
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path:
+def _run_finished(cfg: TrainConfig, state: dict[str, Any]) -> str | None:
+    """Why a saved run has nothing left to train (all epochs done, or stopped early), or None."""
+    done = int(state["epoch"]) + 1
+    if done >= cfg.epochs:
+        return f"all {cfg.epochs} epochs done"
+    history = state.get("history") or []
+    if cfg.patience and history and history[-1].get("bad_epochs", 0) >= cfg.patience:
+        return f"stopped early at epoch {done} (no gain for {cfg.patience} epochs)"
+    return None
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, log=print,
+          explicit: set[str] | None = None) -> Path:
     """Train per ``cfg``; returns the run folder (``best.pt``, ``last.pt``, ``config.yaml``,
     ``metrics.csv``/``.json``, ``curves.png``). ``resume``: a ``last.pt`` (or its folder) to continue;
-    the continued run draws the same random numbers as an uninterrupted one (see :func:`epoch_seed`).
+    the continued run draws the same random numbers as an uninterrupted one (see :func:`epoch_seed`). It keeps
+    its saved config except ``epochs``, ``progress``, ``device`` and ``threads`` given explicitly (``explicit``:
+    the field names typed on the command line); a finished run says so and trains nothing.
 
     Under ``torchrun`` (WORLD_SIZE > 1) every process trains on its shard of each batch; rank 0 alone
     evaluates, writes files and logs, and broadcasts the selection metric so that the plateau schedule
@@ -418,7 +436,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     """
     start_epoch, history, best, state = 0, [], {"val_acc_sel": -1.0, "epoch": -1}, None
     if resume:
-        cfg, state, _ = _resume_state(cfg, resume)
+        cfg, state, rpath = _resume_state(cfg, resume, explicit)
+        finished = _run_finished(cfg, state)
+        if finished is not None:
+            if _dist_env()[0] == 0:
+                log(f"{rpath.parent}: the run is complete ({finished}); nothing to resume. Its model: "
+                    f"{rpath.parent / 'best.pt'}. To train longer, start a new run (or, with a schedule other "
+                    "than onecycle, resume with a larger --epochs)")
+            return rpath.parent
         start_epoch = state["epoch"] + 1
         history = list(state["history"])
         best = state.get("best", best)
@@ -427,7 +452,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Path
     if world > 1:
         import torch.distributed as dist
 
-        use_nccl = torch.cuda.is_available() and cfg.device != "cpu"
+        # the single-process rule: a device asked for by name must exist (select_device raises), never a
+        # silent fall back to CPU; "auto" is CUDA when present
+        use_nccl = select_device(cfg.device).type == "cuda"
         if use_nccl:
             device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
             torch.cuda.set_device(device)
