@@ -53,8 +53,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of tables")
     p.add_argument("--save-dir", default=None, metavar="DIR", help="write annotated images and predictions.csv here")
     p.add_argument("--detector", default="auto",
-                   help="face detector: auto (dlib when installed, else haar), dlib, dlib-small (faces down to "
-                        "~32 px, 4x slower), haar")
+                   help="face detector: auto (blazeface), blazeface (CNN, faces from 24 px, any image size), dlib, "
+                        "dlib-small (faces down to ~32 px, 4x slower), haar")
+    p.add_argument("--boxes", default=None, metavar="FILE.csv|FILE.json",
+                   help="your own face boxes instead of detection: JSON [[x, y, w, h], ...] (every image) or "
+                        "{\"photo.jpg\": [[x, y, w, h], ...]}, or CSV with columns x,y,w,h (and path), such as "
+                        "a predictions.csv; an image not in the file has no faces")
     p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
     p.add_argument("--no-detect", action="store_true",
                    help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
@@ -125,10 +129,28 @@ def _cmd_predict(args) -> int:
     from .checkpoint import atomic_write_bytes
     from .faces import DetectorError
     from .outputs import check_outputs
-    from .predict import EmotionRecognizer, ImageError, expand_inputs, new_run_folder, predictions_csv, to_bgr
+    from .predict import (
+        BoxError,
+        EmotionRecognizer,
+        ImageError,
+        boxes_for,
+        expand_inputs,
+        load_boxes_file,
+        new_run_folder,
+        predictions_csv,
+        to_bgr,
+    )
 
     if args.margin is not None and not 0 <= args.margin <= 2:
         raise UsageError("--margin must be between 0 and 2")
+    box_table = None
+    if args.boxes is not None:
+        if args.no_detect or getattr(args, "engine", "local") != "local":
+            raise UsageError("--boxes cannot go with --no-detect or --engine ray")
+        try:
+            box_table = load_boxes_file(args.boxes)
+        except BoxError as e:
+            raise UsageError(str(e)) from None
     inputs = args.paths or [str(Path(__file__).with_name("assets") / "astronaut.jpg")]
     files, problems = expand_inputs(inputs)
     save_dir = Path(args.save_dir) if args.save_dir else None
@@ -161,8 +183,8 @@ def _cmd_predict(args) -> int:
         for path in files:
             try:
                 img = to_bgr(path)
-                faces = rec.predict(img)
-            except ImageError as e:
+                faces = rec.predict(img, boxes=None if box_table is None else boxes_for(box_table, path) or [])
+            except (ImageError, BoxError) as e:
                 failed += 1
                 err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                 if args.json:
