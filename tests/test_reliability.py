@@ -514,9 +514,13 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     long_clip = synthetic_face_video(tmp_path / "long.avi", frames=300)
     work = tmp_path / "work"
     work.mkdir()
+    import emolens
+
+    src = str(Path(emolens.__file__).resolve().parents[1])  # the code under test, not whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "emolens", "video", str(long_clip), "-o", str(work / "a.mp4"),
                              "--csv", str(work / "a.csv"), "--no-progress", "--smooth", "ema"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
         while not any(p.name.endswith(".partial.mp4") for p in work.iterdir()):
