@@ -120,6 +120,45 @@ def test_past_the_waiting_bound_the_oldest_slow_connection_goes(model_dir, photo
                 s.close()
 
 
+def _dribble_after_a_response(port: int) -> bool:
+    """A keep-alive connection: one complete request, then a second head sent a byte at a time. True when the
+    server closes it (uvicorn alone resets its keep-alive timer on every byte and never does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 40:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return True
+            ready, _, _ = select.select([s], [], [], 0.25)
+            if ready and s.recv(4096) == b"":
+                return True
+    return False
+
+
+def test_keep_alive_connection_dribbling_its_next_head_is_closed(server):
+    assert _dribble_after_a_response(server.port)
+
+
+def test_the_guard_works_on_the_h11_protocol_too(model_dir, photo):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from emolens.serve import HeadTimeoutMixin, Limits, create_app
+
+    h11 = type("HeadTimeoutH11", (HeadTimeoutMixin, H11Protocol), {})
+    with LiveServer(create_app(make_recognizer(model_dir), limits=Limits(head_timeout_s=1.5)), http=h11) as srv:
+        socks = _slow_sockets(srv.port, 20)
+        try:
+            r = httpx.post(f"{srv.url}/v1/predict", files={"file": ("a.jpg", photo, "image/jpeg")}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert _wait_closed(socks, within_s=10) == len(socks)
+            assert _dribble_after_a_response(srv.port)
+        finally:
+            for s in socks:
+                s.close()
+
+
 def test_bench_serve_reports_latency_during_a_slow_client_attack(server):
     from emolens.serve import bench_serve, format_bench
 
@@ -360,6 +399,23 @@ def test_nan_weights_without_a_checksum_fail_at_load(tiny_pt, tmp_path):
     assert code == 2
 
 
+def test_evaluate_with_nan_weights_fails_instead_of_scoring(tiny_pt, tmp_path, synthetic_kaggle_tree, capsys,
+                                                           isolated_cache):
+    import torch
+
+    ckpt = torch.load(tiny_pt, weights_only=True)
+    ckpt.pop("weights_sha256")
+    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.numel() > 10)
+    ckpt["state_dict"][name].view(-1)[:64] = float("nan")  # a few damaged values are enough
+    legacy = tmp_path / "legacy_nan.pt"
+    torch.save(ckpt, legacy)
+    code = main(["evaluate", "--data", str(synthetic_kaggle_tree), "--model", str(legacy), "--out",
+                 str(tmp_path / "eval")])
+    assert code == 2
+    assert "NaN" in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
 def test_zero_byte_checkpoint_is_a_clear_error(tmp_path, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
@@ -389,6 +445,19 @@ def test_onnx_export_records_the_checksum_and_load_checks_it(tiny_pt, tmp_path):
     bad.write_bytes(bytes(damaged))
     with pytest.raises(ModelError, match="damaged weights"):
         OnnxClassifier(bad)
+
+
+def test_export_ship_writes_checksums_into_both_files(tiny_pt, tmp_path):
+    from emolens.checkpoint import read_checkpoint, weights_sha256
+    from emolens.export import read_metadata, ship
+    from emolens.runtime import onnx_graph_sha256
+
+    r = ship(tiny_pt, tmp_path / "weights", name="tiny")
+    ckpt = read_checkpoint(r["pt"])
+    assert ckpt["weights_sha256"] == weights_sha256(ckpt["state_dict"])
+    assert read_metadata(r["onnx"])["weights_sha256"] == onnx_graph_sha256(Path(r["onnx"]).read_bytes())
+    with pytest.raises(ValueError, match="destroy the input"):  # re-shipping over the source is refused
+        ship(r["pt"], tmp_path / "weights", name="tiny")
 
 
 def test_shipped_models_without_checksums_still_load():
