@@ -6,6 +6,7 @@ Plain helpers (``face``, ``make_kaggle_tree``) can be imported by test modules: 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,10 @@ import pytest
 
 from emolens.data import default_data_path
 from emolens.preprocess import CLASSES
+
+# Videos in tests are written with each container's fast codec (mp4v for .mp4): the browser-playable default,
+# VP9 in .mp4, encodes at 1-4 frames/s on a 2-core machine. tests/test_video_codec.py checks that default.
+os.environ.setdefault("EMOLENS_VIDEO_CODEC", "fast")
 
 #: Kaggle folder, file-name prefix and (in ``make_kaggle_tree``'s prefix-less form) folder of each split.
 KAGGLE_LAYOUT = {"train": ("train", "Training", "train"), "public": ("test", "PublicTest", "val"),

@@ -429,6 +429,13 @@ def _add_video_options(p) -> None:
     g.add_argument("--max-misses", type=int, default=5, help="detection rounds a lost face is kept for")
 
 
+def _add_codec_option(p) -> None:
+    p.add_argument("--codec", choices=["auto", "h264", "vp9", "vp8", "mp4v", "mjpg", "xvid"], default="auto",
+                   help="video codec of the annotated file. auto: one a browser plays (.mp4: H.264 when this "
+                        "OpenCV has it, else VP9; .webm: VP8); mp4v: the old MPEG-4 Part 2, fastest to write, "
+                        "which browsers do not play")
+
+
 def _video_kwargs(args) -> dict:
     if args.detect_every < 1:
         raise UsageError("--detect-every must be at least 1")
@@ -448,7 +455,7 @@ def _add_video(sub) -> None:
                        description="Follow every face of a video (any file or URL OpenCV/FFmpeg opens) and label "
                                    "its emotion frame by frame. Writes an annotated video (-o), a CSV with one row "
                                    "per (frame, track) (--csv) and a timeline plot (--plot); with none of them, "
-                                   "all three go to runs/video/<name>/.",
+                                   "all three go to runs/video/<name>/ (annotated.webm: VP8, plays in browsers).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", help="video file or URL (rtsp://, http://...)")
     p.add_argument("-o", "--output", default=None, help="annotated video (.mp4, .avi, .mkv, .mov)")
@@ -457,6 +464,7 @@ def _add_video(sub) -> None:
     p.add_argument("--plot", default=None, help="timeline plot (.png, .pdf, .svg)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
     p.add_argument("--no-bars", action="store_true", help="draw boxes and labels only, no probability bars")
+    _add_codec_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_video_options(p)
 
@@ -471,11 +479,11 @@ def _cmd_video(args) -> int:
     if not (out or csv_path or plot):
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.input.split("?")[0]).stem) or "stream"
         folder = Path("runs/video") / stem
-        out, csv_path, plot = folder / "annotated.mp4", folder / "timeline.csv", folder / "timeline.png"
+        out, csv_path, plot = folder / "annotated.webm", folder / "timeline.csv", folder / "timeline.png"
     if args.max_frames < 0:
         raise UsageError("--max-frames must be 0 or more")
     res = process_video(args.input, out, csv_path, plot, max_frames=args.max_frames, progress=not args.no_progress,
-                        draw_bars=not args.no_bars, **_video_kwargs(args))
+                        draw_bars=not args.no_bars, codec=args.codec, **_video_kwargs(args))
     print(f"{res.frames} frames, {res.tracks} track(s), {res.rows} rows; {res.processing_fps:.1f} fps "
           f"({res.realtime_ratio:.2f}x real time at {res.fps:g} fps); smoothing: {res.smoothing}")
     for kind, path in res.outputs.items():
@@ -494,6 +502,7 @@ def _add_webcam(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source", default="0", help="camera index, video file or stream URL")
     p.add_argument("--record", default=None, help="also save the annotated frames to this video file")
+    _add_codec_option(p)
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = until q)")
     _add_video_options(p)
 
@@ -501,7 +510,8 @@ def _add_webcam(sub) -> None:
 def _cmd_webcam(args) -> int:
     from .video import run_webcam
 
-    n = run_webcam(args.source, record=args.record, max_frames=args.max_frames, **_video_kwargs(args))
+    n = run_webcam(args.source, record=args.record, max_frames=args.max_frames, codec=args.codec,
+                   **_video_kwargs(args))
     print(f"{n} frames")
     return 0
 

@@ -416,11 +416,11 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
     ``split``: train, public, private, all, or auto (public, else every image when the data has a single
     split, as a plain ``<class>/`` folder does). ``data`` is anything :func:`emolens.data.load_dataset` reads
     (the images are 48x48 faces already, so no face detection); ``model`` is a ``.onnx``/``.pt`` path, a
-    loaded classifier, None for the shipped model, or a list of them to compare (then the dict is ``{"models": [...], "comparisons": [...], ...}`` and
-    each model's entry is a full metrics dict). ``sha256`` (one per model) must match the file; ``skip_bad``
-    skips unreadable images (counted in ``data.skipped``); ``progress`` shows a progress bar. Writes
-    metrics.json, predictions.csv, PNG plots, report.html and report.xlsx into ``out`` (default
-    ``runs/evaluate/<time>``) unless ``save`` is False. Example:
+    loaded classifier, None for the shipped model, or a list of them to compare (then the dict is
+    ``{"models": [...], "comparisons": [...], ...}`` and each model's entry is a full metrics dict).
+    ``sha256`` (one per model) must match the file; ``skip_bad`` skips unreadable images (counted in
+    ``data.skipped``); ``progress`` shows a progress bar. Writes metrics.json, predictions.csv, PNG plots,
+    report.html and report.xlsx into ``out`` (default ``runs/evaluate/<time>``) unless ``save`` is False. Example:
     ``evaluate("fer2013.zip", "public")["accuracy"]``.
     """
     from . import __version__

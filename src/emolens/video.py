@@ -653,17 +653,74 @@ def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int =
 # writing
 
 
-_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+#: the fast, widely decoded codec of each container: what ``codec=None`` (test clips) and ``--codec fast`` write
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80"}
+#: ``--codec`` names -> FourCC. h264 needs an FFmpeg with an H.264 encoder (the opencv-python wheels have none)
+CODECS = {"h264": "avc1", "vp9": "vp09", "vp8": "VP80", "mp4v": "mp4v", "mjpg": "MJPG", "xvid": "XVID"}
+#: ``--codec auto``: what each container tries, in order. Browsers play H.264 or VP9 in .mp4 and VP8/VP9 in .webm,
+#: not MPEG-4 Part 2 (mp4v), which is the last resort; .avi and .mkv keep their fast codecs.
+AUTO_CODECS = {".mp4": ("h264", "vp9", "mp4v"), ".m4v": ("h264", "vp9", "mp4v"), ".mov": ("h264", "mp4v"),
+               ".webm": ("vp8", "vp9"), ".avi": ("mjpg",), ".mkv": ("xvid",)}
+#: codecs a browser's <video> plays (in a container it accepts)
+BROWSER_CODECS = ("h264", "vp9", "vp8")
+
+
+def open_video_writer(path: str | Path, fps: float, size: tuple[int, int], codec: str | None = "auto",
+                      label: str | Path | None = None):
+    """(cv2.VideoWriter, codec name) for ``path``: ``codec`` "auto" (the first of :data:`AUTO_CODECS` this
+    OpenCV can encode, or the codec named by $EMOLENS_VIDEO_CODEC), a name from :data:`CODECS`, "fast" or None
+    (the container's fast codec, mp4v for .mp4). VideoError (naming ``label``, default ``path``) when none
+    opens. Read a file's codec back with :func:`video_codec`."""
+    import cv2
+
+    from .data import _quiet_opencv
+
+    if codec == "auto" and os.environ.get("EMOLENS_VIDEO_CODEC"):
+        codec = os.environ["EMOLENS_VIDEO_CODEC"]
+    suffix = Path(path).suffix.lower()
+    if codec in (None, "fast"):
+        names = [next(n for n, cc in CODECS.items() if cc == _FOURCC[suffix])]
+    elif codec == "auto":
+        names = list(AUTO_CODECS[suffix])
+    elif codec in CODECS:
+        names = [codec]
+    else:
+        raise VideoError(f"unknown codec {codec!r}: use auto, fast or one of {', '.join(CODECS)} (also for "
+                         "$EMOLENS_VIDEO_CODEC)")
+    for name in names:
+        with _quiet_opencv():  # an encoder this build lacks logs an error before isOpened() says False
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[name]), fps, size)
+        if writer.isOpened():
+            return writer, name
+        writer.release()
+        Path(path).unlink(missing_ok=True)
+    raise VideoError(f"{label or path}: this OpenCV cannot write {' or '.join(names)} into {suffix} files; try another "
+                     f"--codec or container (.webm: vp8, .avi: mjpg)")
+
+
+def video_codec(path: str | Path) -> str:
+    """The codec of a video file as its decoder names it (FourCC: ``avc1``/``h264``, ``VP90``, ``VP80``,
+    ``FMP4``, ``MJPG``...); VideoError when it does not open."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise VideoError(f"{path}: not a readable video")
+        code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    finally:
+        cap.release()
+    return code.to_bytes(4, "little").decode("latin-1").strip("\x00 ")
 
 
 class _AtomicVideoWriter:
     """cv2.VideoWriter to a hidden temp file beside ``path``, renamed to ``path`` by :meth:`close`."""
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
-        import cv2
-
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], codec: str | None = "auto"):
         if path.suffix.lower() not in _FOURCC:
             raise VideoError(f"{path}: output must be one of {', '.join(_FOURCC)}")
+        if codec not in (None, "auto", "fast", *CODECS):
+            raise VideoError(f"unknown codec {codec!r}: use auto, fast or one of {', '.join(CODECS)}")
         from .outputs import remove_stale_temp_files, temp_name
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -671,10 +728,7 @@ class _AtomicVideoWriter:
         for leftover in (path, path.with_name(path.stem)):  # .<name>.<pid>.partial.mp4 (older: .<stem>.<pid>.)
             remove_stale_temp_files(leftover)
         self.tmp = temp_name(path, f"partial{path.suffix}")
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*_FOURCC[path.suffix.lower()]), fps, size)
-        if not self.writer.isOpened():
-            self.tmp.unlink(missing_ok=True)
-            raise VideoError(f"{path}: cannot write a video here (codec {_FOURCC[path.suffix.lower()]})")
+        self.writer, self.codec = open_video_writer(self.tmp, fps, size, codec, label=path)
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
@@ -767,9 +821,11 @@ class VideoResult:
 def process_video(source: str, output: str | Path | None = None, csv_path: str | Path | None = None,
                   plot_path: str | Path | None = None, *, processor: VideoProcessor | None = None,
                   max_frames: int = 0, progress: bool = True, draw_bars: bool = True,
-                  log: Callable[[str], None] | None = None, **processor_kwargs) -> VideoResult:
+                  log: Callable[[str], None] | None = None, codec: str | None = "auto",
+                  **processor_kwargs) -> VideoResult:
     """Track and label every face of ``source`` (a file or anything OpenCV opens); write the annotated
     video to ``output``, one CSV row per (frame, track) to ``csv_path``, a timeline plot to ``plot_path``.
+    ``codec``: see :func:`open_video_writer` (auto: one a browser plays, H.264 or VP9 in .mp4, VP8 in .webm).
 
     A stream that stops early ends the run cleanly and keeps what was written (``complete`` False); SIGTERM
     stops it like Ctrl-C. An output that is the input (or another output) is refused before any work
@@ -780,12 +836,13 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
     check_outputs([source], files=[output, csv_path, plot_path])  # before any work: never replace the input
     with sigterm_as_interrupt():  # kill (SIGTERM) cleans up like Ctrl-C: no hidden partial files left
         return _process_video(source, output, csv_path, plot_path, processor=processor, max_frames=max_frames,
-                              progress=progress, draw_bars=draw_bars, log=log, **processor_kwargs)
+                              progress=progress, draw_bars=draw_bars, log=log, codec=codec, **processor_kwargs)
 
 
 def _process_video(source: str, output: str | Path | None, csv_path: str | Path | None,
                    plot_path: str | Path | None, *, processor: VideoProcessor | None, max_frames: int,
-                   progress: bool, draw_bars: bool, log: Callable[[str], None], **processor_kwargs) -> VideoResult:
+                   progress: bool, draw_bars: bool, log: Callable[[str], None], codec: str | None = "auto",
+                   **processor_kwargs) -> VideoResult:
     import cv2
 
     from .outputs import remove_stale_temp_files, temp_name
@@ -813,7 +870,7 @@ def _process_video(source: str, output: str | Path | None, csv_path: str | Path 
             log(f"note: {source} does not state a usable frame rate; assuming {fps:g} fps for times")
         h, w = frame.shape[:2]
         if output:
-            writer = _AtomicVideoWriter(Path(output), fps, (w, h))
+            writer = _AtomicVideoWriter(Path(output), fps, (w, h), codec)
         csv_file = None
         if csv_path:
             csv_path = Path(csv_path)
@@ -909,7 +966,9 @@ def gui_available() -> tuple[bool, str]:
     info = cv2.getBuildInformation()
     gui_line = next((ln for ln in info.splitlines() if ln.strip().startswith("GUI:")), "")
     if "NONE" in gui_line.upper():
-        return False, "this OpenCV build has no GUI support (opencv-python-headless)"
+        return False, ("this OpenCV build has no GUI support (opencv-python-headless). For a window, swap in "
+                       "the GUI build: pip uninstall -y opencv-python-headless && pip install --force-reinstall "
+                       "--no-deps \"opencv-python>=4.8,<5\"")
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False, "no display (DISPLAY is not set)"
     try:
@@ -920,7 +979,8 @@ def gui_available() -> tuple[bool, str]:
 
 
 def run_webcam(source: str | int = 0, record: str | Path | None = None, max_frames: int = 0,
-               window: bool | None = None, log: Callable[[str], None] | None = None, **processor_kwargs) -> int:
+               window: bool | None = None, log: Callable[[str], None] | None = None, codec: str | None = "auto",
+               **processor_kwargs) -> int:
     """Live overlay from a camera (index), file or URL; ``q`` or Esc quits. Frames are kept only in memory,
     never stored, unless ``record`` names a file. Without a display it records only (with ``record``), or
     says how to get a live view. Returns the number of frames processed."""
@@ -960,7 +1020,7 @@ def run_webcam(source: str | int = 0, record: str | Path | None = None, max_fram
             t0 = time.perf_counter()
             if record:
                 if writer is None:
-                    writer = _AtomicVideoWriter(Path(record), fps, (frame.shape[1], frame.shape[0]))
+                    writer = _AtomicVideoWriter(Path(record), fps, (frame.shape[1], frame.shape[0]), codec)
                 writer.write(frame)
             if window:
                 cv2.putText(frame, f"{fps_live:.0f} fps  q: quit", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
@@ -996,7 +1056,7 @@ def synthetic_face_video(path: str | Path, photo: np.ndarray | None = None, fram
             raise VideoError("the bundled test photo (emolens/assets/astronaut.jpg) is missing; give a video")
     img = np.ascontiguousarray(photo)
     w, h = size
-    writer = _AtomicVideoWriter(Path(path), fps, (w, h))
+    writer = _AtomicVideoWriter(Path(path), fps, (w, h), codec=None)  # a test clip: the fast codec
     try:
         for i in range(frames):
             s = i / (fps * 4.0)  # one sway every 4 s, whatever the length: a person's pace, not the clip's
