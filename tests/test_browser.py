@@ -9,6 +9,7 @@ import base64
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -176,3 +177,45 @@ def test_page_with_api_key(keyed_server, browser_page, tmp_path):
     page.click("#stop")
     page.errors.clear()  # the 401s above are logged by the browser as failed loads, on purpose
     assert not page.outside, page.outside
+
+
+def test_a_face_that_leaves_for_a_second_keeps_one_timeline(server, tmp_path):
+    """The fake camera loops 2 s of the astronaut and 1 s of an empty scene: the page keeps one track id and
+    one timeline for her, not one per return."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    photo = cv2.resize(astronaut_bgr(), (480, 480), interpolation=cv2.INTER_AREA)
+    face = np.full((480, 640, 3), 90, np.uint8)
+    face[:, 80:560] = photo
+    empty = np.full((480, 640, 3), 90, np.uint8)
+    clip = write_y4m(tmp_path / "away.y4m", [face] * 20 + [empty] * 10)
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=[*FLAGS, f"--use-file-for-fake-video-capture={clip}"], viewport={"width": 1280, "height": 1100})
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.goto(server.url)
+            page.wait_for_function("() => document.getElementById('model-info').textContent.startsWith('model ')")
+            page.click("#start")
+            page.wait_for_function("() => window.emolens.lastResult && window.emolens.lastResult.faces.length > 0",
+                                   timeout=60_000)
+            # watch the results until she has been away and come back twice (or 90 s pass)
+            returns, away, seen = 0, 0, set()
+            deadline = time.monotonic() + 90
+            while returns < 2 and time.monotonic() < deadline:
+                faces = page.evaluate("() => window.emolens.lastResult.faces")
+                if faces:
+                    returns += away >= 3
+                    away = 0
+                    seen |= {f["track_id"] for f in faces}
+                else:
+                    away += 1
+                time.sleep(0.05)
+            ids = page.evaluate("() => [...window.emolens.tracks.keys()]")
+            timelines = page.eval_on_selector_all("#timelines canvas", "cs => cs.length")
+            shot(page, "browser_returning_face.png", tmp_path)
+            page.click("#stop")
+        finally:
+            ctx.close()
+    assert returns == 2, "the empty frames never reached the server"
+    assert seen == {1} and ids == [1] and timelines == 1

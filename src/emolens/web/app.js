@@ -12,6 +12,9 @@
   const MAX_UNANSWERED = 2;       // frames in flight before the page waits for an answer
   const TIMELINE_S = 30;          // seconds of history per face
   const MAX_TIMELINES = 4;
+  // A face that leaves the picture for a moment comes back with its track id (the server keeps an ended track
+  // for its return), so its timeline goes on; a track not seen for STALE_S is gone for good: its timeline goes.
+  const STALE_S = 5;
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {
@@ -286,7 +289,7 @@
     }
     for (const [id, tr] of state.tracks) {
       tr.points = tr.points.filter((pt) => pt.t >= now - TIMELINE_S);
-      if (!tr.points.length) state.tracks.delete(id);
+      if (!tr.points.length || tr.lastSeen < now - STALE_S) state.tracks.delete(id);
     }
   }
 
