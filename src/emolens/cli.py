@@ -71,6 +71,20 @@ def _add_predict(sub) -> None:
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
                    help="auto (by file suffix: ONNX Runtime for .onnx and the shipped model, torch for .pt), onnx, "
                         "torch")
+    _add_engine_options(p, "images")
+
+
+def _add_engine_options(p, what: str) -> None:
+    """``--engine``/``--address``/``--workers``: where ``predict`` and ``video`` run (emolens.cluster)."""
+    g = p.add_argument_group("engine (scaling out, see README: Scaling out)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help=f"local: this process; ray: the {what} are shared out over a Ray cluster "
+                        "(pip install \"emolens[ray]\")")
+    g.add_argument("--address", default=None, metavar="auto|ray://HOST:PORT",
+                   help="Ray cluster to join (auto: the one `ray start --head` runs here); default: start a private "
+                        "one on this machine for the run")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers, each with its own model (default: one per CPU of the cluster)")
 
 
 def _print_faces(console, name: str, faces, classes, size: tuple[int, int]) -> None:
@@ -143,6 +157,7 @@ def _cmd_predict(args) -> int:
 
     if args.margin is not None and not 0 <= args.margin <= 2:
         raise UsageError("--margin must be between 0 and 2")
+    _check_engine_options(args)
     box_table = None
     if args.boxes is not None:
         if args.no_detect or getattr(args, "engine", "local") != "local":
@@ -163,6 +178,8 @@ def _cmd_predict(args) -> int:
     err = Console(stderr=True)
     for msg in problems:
         err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    if args.engine == "ray":
+        return _cmd_predict_ray(args, inputs, files, len(problems), save_dir, names, err)
     try:
         rec = EmotionRecognizer(model=args.model, runtime=args.runtime, detector=args.detector, tta=args.tta,
                                 detect=not args.no_detect, margin=args.margin, align=not args.no_align)
@@ -227,6 +244,98 @@ def _cmd_predict(args) -> int:
     if save_dir is not None:
         summary += f"; annotated images: {save_dir}/"
     sys.stdout.flush()  # the tables (stdout) before the summary (stderr) when both go to one terminal or file
+    err.print(summary, markup=False, highlight=False, soft_wrap=True)
+    return 1 if failed else 0
+
+
+def _check_engine_options(args) -> None:
+    if args.engine == "local" and (args.address is not None or args.workers is not None):
+        raise UsageError("--address and --workers are for --engine ray")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+
+
+def _connect_ray(args) -> bool:
+    """Join or start the Ray cluster for ``--engine ray``; True when this run started it (and stops it)."""
+    from .cluster import ClusterError, connect
+
+    try:
+        return connect(args.address)
+    except ClusterError as e:
+        raise UsageError(str(e)) from None
+
+
+def _cmd_predict_ray(args, inputs, files, failed: int, save_dir, names: dict, err) -> int:
+    """``predict --engine ray`` (after ``_cmd_predict``'s checks of the inputs and outputs): the local verb's outputs
+    (tables or JSON lines, predictions.csv, annotated images, summary, exit code), with the images labelled on a
+    Ray cluster (emolens.cluster)."""
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .checkpoint import atomic_write_bytes
+    from .cluster import predict_files
+    from .faces import DetectorError
+    from .predict import new_run_folder, predictions_csv
+
+    many = len(files) > 1 or any(Path(p).is_dir() or not Path(p).exists() for p in inputs)
+    csv_dir = save_dir or (Path("runs/predict") / time.strftime("%Y%m%d-%H%M%S") if many else None)
+    options = {"model": args.model, "runtime": args.runtime, "detector": args.detector, "tta": args.tta,
+               "detect": not args.no_detect, "margin": args.margin, "align": not args.no_align,
+               "workers": args.workers, "draw_bars": not args.no_bars}
+    started = _connect_ray(args)
+    progress = None
+    try:
+        if files and not args.json and err.is_terminal:
+            from rich.progress import Progress
+
+            progress = Progress(console=err, transient=True)
+            task = progress.add_task("predict (ray)", total=len(files))
+            progress.start()
+        try:
+            results, classes = predict_files(files, annotated_names=[names[f] for f in files] if names else None,
+                                             annotate_dir=save_dir,
+                                             on_progress=(lambda n: progress.advance(task, n)) if progress else None,
+                                             **options)
+        except DetectorError as e:
+            raise UsageError(str(e)) from None
+        finally:
+            if progress is not None:
+                progress.stop()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    console = Console()
+    rows = []
+    for r in results:  # in the order the files were given, as the local engine prints them
+        if r.error:
+            failed += 1
+            err.print(f"error: {r.error}", markup=False, highlight=False, soft_wrap=True)
+            if args.json:
+                print(json.dumps({"path": r.path, "error": r.error, "faces": []}), flush=True)
+            continue
+        rows.append((r.path, r.faces))
+        if args.json:
+            print(json.dumps({"path": r.path, "width": r.size[0], "height": r.size[1],
+                              "faces": [f.to_dict() for f in r.faces]}), flush=True)
+        else:
+            _print_faces(console, r.path, r.faces, classes, r.size)
+    if csv_dir is not None and not rows and save_dir is None:
+        csv_dir = None  # nothing was read: no empty runs/predict/<time>/ folder
+    if csv_dir is not None:
+        if save_dir is None:
+            csv_dir = new_run_folder(csv_dir)
+        atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, classes).encode())
+    summary = f"{len(rows)} image(s), {sum(len(f) for _, f in rows)} face(s), {failed} failed (engine: ray)"
+    if csv_dir is not None:
+        summary += f"; predictions: {csv_dir / 'predictions.csv'}"
+    if save_dir is not None:
+        summary += f"; annotated images: {save_dir}/"
+    sys.stdout.flush()
     err.print(summary, markup=False, highlight=False, soft_wrap=True)
     return 1 if failed else 0
 
@@ -457,7 +566,8 @@ def _add_video(sub) -> None:
                                    "per (frame, track) (--csv) and a timeline plot (--plot); with none of them, "
                                    "all three go to runs/video/<name>/ (annotated.webm: VP8, plays in browsers).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("input", help="video file or URL (rtsp://, http://...)")
+    p.add_argument("input", nargs="+", metavar="INPUT",
+                   help="video file(s) or URL (rtsp://, http://...); several: see --out-dir")
     p.add_argument("-o", "--output", default=None, help="annotated video (.mp4, .avi, .mkv, .mov)")
     p.add_argument("--csv", default=None,
                    help="timeline CSV: frame, time_s, track_id, x, y, w, h, detected, emotion, confidence, p_<class>")
@@ -467,6 +577,12 @@ def _add_video(sub) -> None:
     _add_codec_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_video_options(p)
+    _add_engine_options(p, "videos (one task per video)")
+    g = p.add_argument_group("several videos (or --engine ray)")
+    g.add_argument("--out-dir", default="runs/video", metavar="DIR",
+                   help="each video's timeline.csv, timeline.png and summary.json go to DIR/<name>/; a video whose "
+                        "folder is complete for the same options is skipped (delete the folder to redo it)")
+    g.add_argument("--annotate", action="store_true", help="also write DIR/<name>/annotated.mp4 for each video")
 
 
 def _cmd_video(args) -> int:
@@ -475,6 +591,10 @@ def _cmd_video(args) -> int:
 
     from .video import process_video
 
+    if len(args.input) > 1 or args.engine == "ray":
+        return _cmd_video_batch(args)
+    _check_engine_options(args)
+    args.input = args.input[0]
     out, csv_path, plot = args.output, args.csv, args.plot
     if not (out or csv_path or plot):
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.input.split("?")[0]).stem) or "stream"
@@ -489,6 +609,64 @@ def _cmd_video(args) -> int:
     for kind, path in res.outputs.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def _cmd_video_batch(args) -> int:
+    """Several videos, or ``--engine ray``: one job per video, each into its own folder (emolens.cluster)."""
+    from rich.console import Console
+
+    from .cluster import SUMMARY, VIDEO_OUTPUTS, run_video_jobs, video_jobs
+    from .outputs import check_outputs
+
+    _check_engine_options(args)
+    if args.output or args.csv or args.plot:
+        raise UsageError("-o, --csv and --plot name one video's outputs; with several videos or --engine ray each "
+                         "video gets its own folder under --out-dir")
+    if args.max_frames < 0:
+        raise UsageError("--max-frames must be 0 or more")
+    settings = {**_video_kwargs(args), "annotate": args.annotate, "max_frames": args.max_frames,
+                "draw_bars": not args.no_bars}
+    jobs = video_jobs(args.input, args.out_dir)
+    check_outputs(args.input, files=[j.folder / name for j in jobs for name in (*VIDEO_OUTPUTS.values(), SUMMARY)],
+                  folders=[j.folder for j in jobs])
+    err = Console(stderr=True)
+    progress = None
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def report(r: dict) -> None:
+        counts[r["status"]] += 1
+        out = progress.console if progress is not None else err
+        if r["status"] == "failed":
+            out.print(f"error: {r['source']}: {r['error']}", markup=False, highlight=False, soft_wrap=True)
+        elif r["status"] == "skipped":
+            out.print(f"{r['source']}: skipped, already complete in {r['folder']}/", markup=False, highlight=False,
+                      soft_wrap=True)
+        else:
+            partial = "" if r["complete"] else " (stream ended early)"
+            out.print(f"{r['source']}: {r['frames']} frames{partial}, {r['tracks']} track(s), {r['rows']} rows, "
+                      f"{r['processing_fps']:.1f} fps -> {r['folder']}/", markup=False, highlight=False, soft_wrap=True)
+        if progress is not None:
+            progress.advance(task)
+
+    started = _connect_ray(args) if args.engine == "ray" else False
+    try:
+        if not args.no_progress and err.is_terminal:
+            from rich.progress import Progress
+
+            progress = Progress(console=err, transient=True)
+            task = progress.add_task(f"video ({args.engine})", total=len(jobs))
+            progress.start()
+        run_video_jobs(jobs, settings, engine=args.engine, workers=args.workers, on_result=report)
+    finally:
+        if progress is not None:
+            progress.stop()
+        if started:
+            import ray
+
+            ray.shutdown()
+    err.print(f"{len(jobs)} video(s): {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+              f"(engine: {args.engine}); outputs: {args.out_dir}/", markup=False, highlight=False, soft_wrap=True)
+    return 1 if counts["failed"] else 0
 
 
 # ---------------------------------------------------------------------------------------------- webcam
@@ -642,6 +820,14 @@ def _add_bench_predict(bsub) -> None:
     p.add_argument("--detector-quality", action="store_true",
                    help="instead: recall and false hits of each detector on synthetic frames from real photos, "
                         "FER2013 PublicTest faces (when the data is there) and face-free photos (a few minutes)")
+    g = p.add_argument_group("engines (--engine ray)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: instead, images/s of `emolens predict` on --images photos, local engine vs Ray with "
+                        "each --workers count, in one run")
+    g.add_argument("--images", type=int, default=64, help="photos for --engine ray")
+    g.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N", help="Ray worker counts to time")
+    g.add_argument("--address", default=None, metavar="auto|ray://HOST:PORT",
+                   help="Ray cluster to join (default: start a private one on this machine)")
 
 
 def _cmd_bench_predict(args) -> int:
@@ -649,6 +835,19 @@ def _cmd_bench_predict(args) -> int:
 
     if args.batch < 1 or args.threads < 0 or args.min_time <= 0:
         raise UsageError("--batch must be >= 1, --threads >= 0 and --min-time > 0")
+    if args.engine == "ray":
+        from .bench import bench_engines, format_engines
+        from .cluster import ClusterError
+
+        if args.images < 1 or min(args.workers) < 1:
+            raise UsageError("--images and --workers must be at least 1")
+        try:
+            result = bench_engines(args.images, tuple(args.workers), args.address, detector=(args.detector or
+                                                                                               ["auto"])[0])
+        except ClusterError as e:
+            raise UsageError(str(e)) from None
+        print(format_engines(result))
+        return 0
     if args.detector_quality:
         from .bench import bench_detector_quality, format_detector_quality
 

@@ -125,15 +125,17 @@ class FaceLabeller:
     ``ray.data.read_images`` gives it) or ``path`` (read here). Every other column is copied to each face row.
     ``keep_empty``: an image without a face, or unreadable, gives one row with ``face`` = -1 (``error`` says why
     it failed, empty when there was simply no face). ``annotate_dir``: also write each image with its faces drawn
-    to that folder, under the name in its ``annotated`` column."""
+    to that folder, under the name in its ``annotated`` column (``draw_bars``: with probability panels)."""
 
-    def __init__(self, options: dict[str, Any], keep_empty: bool = False, annotate_dir: str | None = None):
+    def __init__(self, options: dict[str, Any], keep_empty: bool = False, annotate_dir: str | None = None,
+                 draw_bars: bool = True):
         from .predict import EmotionRecognizer
 
         self.recognizer = EmotionRecognizer(**options)
         self.classes = self.recognizer.classes
         self.keep_empty = keep_empty
         self.annotate_dir = Path(annotate_dir) if annotate_dir else None
+        self.draw_bars = draw_bars
 
     def _load(self, batch: dict[str, np.ndarray], i: int, source: str) -> np.ndarray:
         from .predict import decode_bytes, read_image, to_bgr
@@ -150,7 +152,7 @@ class FaceLabeller:
         from .checkpoint import atomic_write_bytes
 
         assert self.annotate_dir is not None
-        ok, enc = cv2.imencode(Path(name).suffix, self.recognizer.draw(img, faces))
+        ok, enc = cv2.imencode(Path(name).suffix, self.recognizer.draw(img, faces, bars=self.draw_bars))
         if ok:
             atomic_write_bytes(self.annotate_dir / name, enc.tobytes())
 
@@ -234,7 +236,7 @@ def predict_dataset(ds: ray.data.Dataset, *, model: str | Path | None = None, ru
                     detector: str = "auto", tta: str = "flip", detect: bool = True, margin: float | None = None,
                     align: bool = True, workers: int | None = None, batch_size: int = 16,
                     num_cpus: float = ACTOR_CPUS, threads: int = 1, keep_empty: bool = False,
-                    annotate_dir: str | Path | None = None) -> ray.data.Dataset:
+                    annotate_dir: str | Path | None = None, draw_bars: bool = True) -> ray.data.Dataset:
     """One row per face of every image in ``ds``, labelled by a pool of ``workers`` actors (default: one per
     cluster CPU), each holding its own model and detector and taking ``batch_size`` images at a time.
 
@@ -259,7 +261,8 @@ def predict_dataset(ds: ray.data.Dataset, *, model: str | Path | None = None, ru
     return ds.map_batches(FaceLabeller, batch_size=batch_size, batch_format="numpy",
                           compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=num_cpus,
                           fn_constructor_kwargs={"options": options, "keep_empty": keep_empty,
-                                                 "annotate_dir": None if annotate_dir is None else str(annotate_dir)})
+                                                 "annotate_dir": None if annotate_dir is None else str(annotate_dir),
+                                                 "draw_bars": draw_bars})
 
 
 @dataclass
