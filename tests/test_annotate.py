@@ -162,10 +162,14 @@ def test_table_fits_80_columns():
     _print_faces(console, "big.jpg", faces, CLASSES, (4000, 5000))
     text = console.export_text()
     assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
-    assert "1024,2048,1536,1536" in text and "neutral" in text and "100%" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert rows[0][:4] == ["0", "1024,2048,1536,1536", "neutral", "100%"] and len(rows[0]) == 4 + len(CLASSES)
+    assert rows[1][:4] == ["1", "12,3000,999,999", "surprise", "39%"] and rows[1][-1] == "39"  # no value cut
+    assert text.split("\n")[2].split()[-1] == "sur"  # the last column's head is whole too
     wide = Console(width=120, record=True)
     _print_faces(wide, "big.jpg", faces, CLASSES, (4000, 5000))
-    assert "100.0%" in wide.export_text()  # one decimal where it fits
+    text = wide.export_text()
+    assert "100.0%" in text and "39.4" in text  # one decimal where it fits
 
 
 def test_run_folders_never_collide(tmp_path):

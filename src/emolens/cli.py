@@ -96,19 +96,20 @@ def _print_faces(console, name: str, faces, classes, size: tuple[int, int]) -> N
         return
     console.print(f"{name} ({size[0]}x{size[1]}): {len(faces)} face(s)", markup=False, highlight=False,
                   soft_wrap=True)
-    # one decimal when the table fits the terminal, whole percents when not (80 columns, large images)
-    for digits in (1, 0):
-        rows = [[str(i), ",".join(map(str, f.box)), f.emotion, f"{100 * f.confidence:.{digits}f}%",
-                 *(f"{100 * f.probabilities[c]:.{digits}f}" for c in classes)] for i, f in enumerate(faces)]
-        heads = ["#", "box x,y,w,h", "emotion", "conf", *(c[:3] for c in classes)]
-        width = sum(max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(heads)) + 2 * (len(heads) - 1)
-        if width <= console.width:
+    from rich.measure import Measurement
+
+    # the roomiest form that fits the terminal (80 columns, 4-digit boxes): one decimal, then whole percents,
+    # then narrower gaps; values are never cut
+    for digits, pad in ((1, 1), (0, 1), (0, 0)):
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, pad))
+        for col in ("#", "box x,y,w,h", "emotion", "conf", *(c[:3] for c in classes)):
+            t.add_column(col, justify="left" if col == "emotion" else "right", no_wrap=True)
+        for i, f in enumerate(faces):
+            t.add_row(str(i), ",".join(map(str, f.box)), f"[bold]{f.emotion}[/bold]",
+                      f"{100 * f.confidence:.{digits}f}%", *(f"{100 * f.probabilities[c]:.{digits}f}" for c in classes))
+        # measured without the terminal's limit (which Measurement would clamp it to)
+        if Measurement.get(console, console.options.update_width(10_000), t).maximum <= console.width:
             break
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
-    for col in heads:
-        t.add_column(col, justify="left" if col == "emotion" else "right", no_wrap=True, overflow="fold")
-    for r in rows:
-        t.add_row(*r[:2], f"[bold]{r[2]}[/bold]", *r[3:])
     console.print(t)
 
 

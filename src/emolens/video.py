@@ -16,6 +16,7 @@ stream that stops early keeps what was processed. Frames are never stored unless
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -23,7 +24,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -688,7 +689,9 @@ def open_video_writer(path: str | Path, fps: float, size: tuple[int, int], codec
         raise VideoError(f"unknown codec {codec!r}: use auto, fast or one of {', '.join(CODECS)} (also for "
                          "$EMOLENS_VIDEO_CODEC)")
     for name in names:
-        with _quiet_opencv():  # an encoder this build lacks logs an error before isOpened() says False
+        # an encoder this build lacks logs an error before isOpened() says False, and FFmpeg's WebM muxer,
+        # which has no FourCC table, prints "tag ... is not supported" for every tag: neither is the user's news
+        with _quiet_opencv(), _quiet_stderr():
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[name]), fps, size)
         if writer.isOpened():
             return writer, name
@@ -696,6 +699,24 @@ def open_video_writer(path: str | Path, fps: float, size: tuple[int, int], codec
         Path(path).unlink(missing_ok=True)
     raise VideoError(f"{label or path}: this OpenCV cannot write {' or '.join(names)} into {suffix} files; try another "
                      f"--codec or container (.webm: vp8, .avi: mjpg)")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a moment: OpenCV's FFmpeg backend prints with fprintf(stderr)."""
+    try:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def video_codec(path: str | Path) -> str:
