@@ -402,8 +402,9 @@ def run_video_job(job: VideoJob, settings: dict[str, Any], threads: int = 1) -> 
         from .predict import EmotionRecognizer
         from .video import VideoProcessor, process_video
 
-        job.summary_path.unlink(missing_ok=True)  # an old summary must not vouch for outputs being rewritten
-        _remove_partials(job.folder)
+        # an old summary must not vouch for outputs being rewritten (a killed run's temp files are process_video's
+        # to clear: emolens.outputs.remove_stale_temp_files)
+        job.summary_path.unlink(missing_ok=True)
         proc_kw = {k: v for k, v in settings.items() if k not in ("annotate", "max_frames", "draw_bars")}
         notes: list[str] = []
         rec = EmotionRecognizer(model=proc_kw.pop("model", None), runtime=proc_kw.pop("runtime", "auto"),
@@ -423,16 +424,6 @@ def run_video_job(job: VideoJob, settings: dict[str, Any], threads: int = 1) -> 
     atomic_write_bytes(job.summary_path, (json.dumps(summary, indent=2) + "\n").encode())
     return {**base, "status": "done", "frames": res.frames, "tracks": res.tracks, "rows": res.rows,
             "complete": res.complete, "processing_fps": res.processing_fps, "outputs": res.outputs, "notes": notes}
-
-
-def _remove_partials(folder: Path) -> None:
-    """Temp files a killed run left in a job folder (process_video names them ``.<name>.<pid>...``)."""
-    if not folder.is_dir():
-        return
-    stems = tuple(f".{Path(n).stem}." for n in VIDEO_OUTPUTS.values()) + tuple(f".{n}." for n in VIDEO_OUTPUTS.values())
-    for p in folder.iterdir():
-        if p.is_file() and p.name.startswith(stems) and (".partial" in p.name or p.name.endswith(".tmp")):
-            p.unlink(missing_ok=True)
 
 
 def run_video_jobs(jobs: Sequence[VideoJob], settings: dict[str, Any], *, engine: str = "ray",
