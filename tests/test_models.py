@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from emolens.checkpoint import load_model, make_checkpoint, read_checkpoint, save_checkpoint
@@ -257,6 +258,22 @@ def test_augment_flip_only_gives_the_image_or_its_mirror():
     assert same.any() and mirrored.any()  # 16 fair coins
     off = augment_batch(x, _cfg(rotate=0.0, zoom=0.0, shift=0.0, erase=0.0, hflip=False), torch.Generator())
     torch.testing.assert_close(off, x, atol=1e-4, rtol=0)
+
+
+def test_crop_pad_shifts_whole_pixels_without_blur():
+    """crop_pad is the pad-and-crop of the plain recipe: every output is the input moved by whole pixels (edge
+    pixels repeated), never a resampled blend."""
+    x = torch.randn(32, 1, 48, 48)
+    cfg = _cfg(rotate=0.0, zoom=0.0, erase=0.0, hflip=False, crop_pad=4)
+    out = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    padded = F.pad(x, (4, 4, 4, 4), mode="replicate")
+    found = set()
+    for i in range(len(x)):
+        hits = [(dy, dx) for dy in range(9) for dx in range(9)
+                if (out[i] - padded[i, :, dy:dy + 48, dx:dx + 48]).abs().max() < 1e-4]
+        assert hits, f"image {i} is not a whole-pixel shift of its input"
+        found.add(hits[0])
+    assert len(found) > 10  # the shifts vary
 
 
 def test_random_erasing_rate():

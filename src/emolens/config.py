@@ -215,6 +215,9 @@ class TrainConfig:
     rotate: float = field(default=10.0, metadata={"help": "max rotation, degrees"})
     zoom: float = field(default=0.1, metadata={"help": "max zoom in/out, fraction"})
     shift: float = field(default=0.1, metadata={"help": "max shift, fraction of the side"})
+    crop_pad: int = field(default=0, metadata={
+        "help": "pad-and-random-crop: shift by a whole number of pixels, up to this many (no resampling blur; "
+                "0 = off). Replaces `shift` when set"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
     erase: float = field(default=0.5, metadata={"help": "random-erasing probability"})
     mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0 = off)"})
@@ -245,7 +248,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")
-        for name in ("patience", "threads", "weight_decay", "momentum", "rotate", "mixup", "cutmix"):
+        for name in ("patience", "threads", "weight_decay", "momentum", "rotate", "mixup", "cutmix", "crop_pad"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be zero or more, got {getattr(self, name)}")
         if not 0 < self.train_fraction <= 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import random
@@ -26,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, load_model, make_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_model, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, to_dict  # noqa: F401  (TrainConfig: re-exported)
+from .loop import warmup_cosine, write_metrics
 from .preprocess import CLASSES, MEAN, STD
 
 
@@ -84,7 +84,15 @@ def augment_batch(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> to
     flip = torch.ones(b, device=dev)
     if cfg.hflip:
         flip = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0)
-    tx, ty = u(-cfg.shift, cfg.shift) * 2, u(-cfg.shift, cfg.shift) * 2
+    if cfg.crop_pad > 0:
+        # whole-pixel shifts (the classic pad-and-crop): with no rotation or zoom, bilinear sampling then lands
+        # on pixel centres and copies pixels exactly, so the training images stay as sharp as the test images
+        def px(n: int) -> torch.Tensor:
+            k = torch.randint(-cfg.crop_pad, cfg.crop_pad + 1, (b,), generator=gen, device=dev).float()
+            return k * (2.0 / n)
+        tx, ty = px(w), px(h)
+    else:
+        tx, ty = u(-cfg.shift, cfg.shift) * 2, u(-cfg.shift, cfg.shift) * 2
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -344,12 +352,7 @@ def _build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
                                                    pct_start=pct, div_factor=25, final_div_factor=1e3)
     if cfg.schedule == "cosine":
-        warm = max(int(total * cfg.warmup), 1)
-
-        def warmup_cosine(s: int) -> float:
-            return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1)))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(total * cfg.warmup)))
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
     return None
@@ -362,10 +365,7 @@ PLOT_EVERY_S = 30.0
 def _write_logs(out: Path, history: list[dict[str, Any]], plot: bool = True) -> None:
     from .reports import plot_learning_curves
 
-    keys = list(history[0].keys())
-    lines = [",".join(keys)] + [",".join(f"{h.get(k, '')}" for k in keys) for h in history]
-    atomic_write_bytes(out / "metrics.csv", ("\n".join(lines) + "\n").encode())
-    atomic_write_bytes(out / "metrics.json", json.dumps(history, indent=1).encode())
+    write_metrics(out, history)
     if not plot:
         return
     try:
