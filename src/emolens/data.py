@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import default_file_mode
+from .decode import IMAGE_SUFFIXES  # noqa: F401 (the one suffix list; re-exported)
 from .preprocess import CLASSES, INPUT_SIZE, preprocess
 
 #: Split names used everywhere: Training, PublicTest (validation, used for model selection), PrivateTest (test).
@@ -57,9 +58,8 @@ CLASS_ALIASES: dict[str, str] = {
     "happiness": "happy", "joy": "happy", "sadness": "sad", "surprised": "surprise", "neutrality": "neutral",
     "contempt": "", "calm": "neutral",
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 #: Bump when decoding or the cache layout changes: old cache files are then never read.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: decoded by emolens.decode (PIL) rather than cv2.imdecode
 
 
 class DataError(ValueError):
@@ -144,45 +144,19 @@ def default_data_path() -> Path:
 # decoding
 
 
-def _image_kind(data: bytes) -> str | None:
-    """Image format from the first bytes (the formats OpenCV decodes), None when the bytes are no image."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"BM"):
-        return "BMP"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
-        return "PGM/PPM"
-    return None
-
-
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes -> (48, 48) uint8 gray via the shared preprocess.
+    """Encoded image bytes -> (48, 48) uint8 gray: the package's one decoder (:func:`emolens.decode.decode_bytes`,
+    as photos and the API use it), then the shared preprocess.
 
     Raises DataError naming ``name`` and the fault: empty file, bytes that are no image format, a truncated
-    JPEG (some libjpeg builds silently fill the missing part with gray), or data OpenCV cannot decode.
+    JPEG (some libjpeg builds silently fill the missing part with gray), or data that cannot be decoded.
     """
-    import cv2
+    from .decode import ImageError, decode_bytes
 
-    if not data:
-        raise DataError(f"{name}: empty file (0 bytes)")
-    kind = _image_kind(data)
-    if kind is None:
-        raise DataError(f"{name}: not an image file ({len(data)} bytes starting {data[:8]!r}; "
-                        f"expected JPEG, PNG, BMP, TIFF, WebP or PGM/PPM)")
-    # Byte stuffing keeps FFD9 out of entropy-coded data, so a complete JPEG has its end marker after its last scan.
-    if kind == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise DataError(f"{name}: truncated JPEG ({len(data)} bytes, no end-of-image marker after the image data)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DataError(f"{name}: truncated or corrupt {kind} image ({len(data)} bytes)")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+    try:
+        img = decode_bytes(data, name)
+    except ImageError as e:
+        raise DataError(str(e)) from None
     try:
         return preprocess(img, "bgr")
     except ValueError as e:

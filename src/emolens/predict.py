@@ -24,18 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from .decode import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_bytes, read_image  # noqa: F401 (re-exported)
+from .decode import check_size as _check_size
+from .decode import pil_to_array as _pil_to_array
 from .faces import Box, Detection, FaceDetector, create_detector, face_crops
 from .preprocess import INPUT_SIZE, preprocess
 from .runtime import load_classifier
 
-#: Largest image accepted, in pixels (width x height): 50 megapixels.
-MAX_PIXELS = 50_000_000
-
 ImageInput = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray
-
-
-class ImageError(ValueError):
-    """An input that is not a usable image: missing, unreadable, truncated, too large."""
 
 
 class NoFaceError(ImageError):
@@ -100,66 +96,6 @@ class Face:
 # ---------------------------------------------------------------------------------------------- image input
 
 
-def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageError(f"{name}: image too large ({width}x{height} = {width * height / 1e6:.1f} megapixels; "
-                         f"the limit is {max_pixels / 1e6:g}): downscale it first")
-
-
-def _pil_to_bgr(im, name: str) -> np.ndarray:
-    """A loaded PIL image -> (H, W, 3) BGR or (H, W) gray uint8."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im)
-        if arr.dtype != np.uint8:  # 16-bit gray: keep the top 8 bits, as OpenCV's reader would
-            arr = (arr.astype(np.uint32) >> 8 if arr.max() > 255 else arr).astype(np.uint8)
-        return np.ascontiguousarray(arr)
-    if im.mode in ("L", "1"):
-        return np.ascontiguousarray(np.asarray(im.convert("L")))
-    if im.mode == "LA":
-        return np.ascontiguousarray(np.asarray(im.convert("L")))
-    rgb = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) BGR or (H, W) gray uint8, EXIF orientation applied.
-
-    The size is read from the header and checked before any pixel is decoded; a truncated file is an error
-    (PIL stops there, where OpenCV would return a half-grey image)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not data:
-        raise ImageError(f"{name}: empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            _check_size(im.width, im.height, name, max_pixels)
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _pil_to_bgr(im, name)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (format not recognised)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncated/corrupt data as OSError
-        raise ImageError(f"{name}: unreadable image ({str(e).splitlines()[0][:160]})") from None
-
-
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image file -> (H, W, 3) BGR or (H, W) gray uint8; ImageError when it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-    return decode_bytes(data, str(path), max_pixels)
-
-
 def to_bgr(image: ImageInput, channel_order: str = "bgr", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any supported input -> uint8 numpy, (H, W, 3) BGR or (H, W) gray (gray stays gray so a 48x48 face
     crop can be recognised as one)."""
@@ -172,7 +108,7 @@ def to_bgr(image: ImageInput, channel_order: str = "bgr", max_pixels: int = MAX_
 
         _check_size(image.width, image.height, "image", max_pixels)
         try:
-            return _pil_to_bgr(ImageOps.exif_transpose(image), "image")
+            return _pil_to_array(ImageOps.exif_transpose(image))
         except (OSError, ValueError) as e:  # a lazily opened PIL image decodes here: truncated data shows now
             raise ImageError(f"image: unreadable image ({str(e).splitlines()[0][:160]})") from None
     if isinstance(image, np.ndarray):
@@ -558,10 +494,6 @@ def detect_emotion(path: ImageInput) -> tuple[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-#: File suffixes a folder or glob is searched for.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".jfif")
-
 
 def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Files, folders (searched recursively for images) and glob patterns -> (image files in order, messages
