@@ -136,26 +136,13 @@ def _annotated_name(path, roots, used: set) -> str:
 
 
 def _cmd_predict(args) -> int:
-    import json
-    import time
     from pathlib import Path
 
     from rich.console import Console
 
-    from .checkpoint import atomic_write_bytes
     from .faces import DetectorError
     from .outputs import check_outputs
-    from .predict import (
-        BoxError,
-        EmotionRecognizer,
-        ImageError,
-        boxes_for,
-        expand_inputs,
-        load_boxes_file,
-        new_run_folder,
-        predictions_csv,
-        to_bgr,
-    )
+    from .predict import BoxError, EmotionRecognizer, expand_inputs, load_boxes_file, predict_files
 
     if args.margin is not None and not 0 <= args.margin <= 2:
         raise UsageError("--margin must be between 0 and 2")
@@ -180,56 +167,57 @@ def _cmd_predict(args) -> int:
     err = Console(stderr=True)
     for msg in problems:
         err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+    many = len(files) > 1 or any(Path(p).is_dir() or not Path(p).exists() for p in inputs)
     if args.engine == "ray":
-        return _cmd_predict_ray(args, inputs, files, len(problems), save_dir, names, err)
+        return _cmd_predict_ray(args, files, len(problems), save_dir, names, err, many)
     try:
         rec = EmotionRecognizer(model=args.model, runtime=args.runtime, detector=args.detector, tta=args.tta,
                                 detect=not args.no_detect, margin=args.margin, align=not args.no_align)
     except DetectorError as e:
         raise UsageError(str(e)) from None
+    results = predict_files(rec, files, boxes=box_table, annotate_dir=save_dir, annotated_names=names,
+                            bars=not args.no_bars)
+    return _report_predictions(args, results, rec.classes, len(files), len(problems), save_dir, err, many, "")
+
+
+def _report_predictions(args, results, classes, total: int, failed: int, save_dir, err, many: bool,
+                        engine: str) -> int:
+    """What ``predict`` shows for its results, whichever engine made them: a table (or a JSON line) per file as it
+    comes, errors on stderr, predictions.csv, a one-line summary; exit code 1 when any input failed."""
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .checkpoint import atomic_write_bytes
+    from .predict import new_run_folder, predictions_csv
+
     console = Console()
-    many = len(files) > 1 or any(Path(p).is_dir() or not Path(p).exists() for p in inputs)
     csv_dir = save_dir or (Path("runs/predict") / time.strftime("%Y%m%d-%H%M%S") if many else None)
-    rows, failed = [], len(problems)
+    rows = []
     progress = None
-    if many and not args.json and err.is_terminal:
+    if many and not args.json and err.is_terminal and not engine:
         from rich.progress import Progress
 
         progress = Progress(console=err, transient=True)
-        task = progress.add_task("predict", total=len(files))
+        task = progress.add_task("predict", total=total)
         progress.start()
     try:
-        for path in files:
-            try:
-                img = to_bgr(path)
-                faces = rec.predict(img, boxes=None if box_table is None else boxes_for(box_table, path) or [])
-            except (ImageError, BoxError) as e:
+        for r in results:
+            if progress is not None:
+                progress.advance(task)
+            if r.error:
                 failed += 1
-                err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+                err.print(f"error: {r.error}", markup=False, highlight=False, soft_wrap=True)
                 if args.json:
-                    print(json.dumps({"path": str(path), "error": str(e), "faces": []}), flush=True)
+                    print(json.dumps(r.to_dict()), flush=True)
                 continue
-            except Exception as e:  # one bad file must not stop the others, nor print a traceback
-                failed += 1
-                err.print(f"error: {path}: {type(e).__name__}: {e}", markup=False, highlight=False, soft_wrap=True)
-                continue
-            finally:
-                if progress is not None:
-                    progress.advance(task)
-            size = (img.shape[1], img.shape[0])
-            rows.append((str(path), faces))
+            rows.append((r.path, r.faces))
             if args.json:
-                print(json.dumps({"path": str(path), "width": size[0], "height": size[1],
-                                  "faces": [f.to_dict() for f in faces]}), flush=True)
+                print(json.dumps(r.to_dict()), flush=True)
             else:
-                _print_faces(progress.console if progress else console, str(path), faces, rec.classes, size)
-            if save_dir is not None:
-                import cv2
-
-                name = names[path]
-                ok, enc = cv2.imencode(Path(name).suffix, rec.draw(img, faces, bars=not args.no_bars))
-                if ok:
-                    atomic_write_bytes(save_dir / name, enc.tobytes())
+                _print_faces(progress.console if progress else console, r.path, r.faces, classes, r.size)
     finally:
         if progress is not None:
             progress.stop()
@@ -238,9 +226,10 @@ def _cmd_predict(args) -> int:
     if csv_dir is not None:
         if save_dir is None:  # runs/predict/<time>[-k], claimed by an exclusive mkdir: two runs never share one
             csv_dir = new_run_folder(csv_dir)
-        atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, rec.classes).encode())
-    n_faces = sum(len(f) for _, f in rows)
-    summary = f"{len(rows)} image(s), {n_faces} face(s), {failed} failed"
+        atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, classes).encode())
+    summary = f"{len(rows)} image(s), {sum(len(f) for _, f in rows)} face(s), {failed} failed"
+    if engine:
+        summary += f" (engine: {engine})"
     if csv_dir is not None:
         summary += f"; predictions: {csv_dir / 'predictions.csv'}"
     if save_dir is not None:
@@ -267,23 +256,13 @@ def _connect_ray(args) -> bool:
         raise UsageError(str(e)) from None
 
 
-def _cmd_predict_ray(args, inputs, files, failed: int, save_dir, names: dict, err) -> int:
+def _cmd_predict_ray(args, files, failed: int, save_dir, names: dict, err, many: bool) -> int:
     """``predict --engine ray`` (after ``_cmd_predict``'s checks of the inputs and outputs): the local verb's outputs
     (tables or JSON lines, predictions.csv, annotated images, summary, exit code), with the images labelled on a
     Ray cluster (emolens.cluster)."""
-    import json
-    import time
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from .checkpoint import atomic_write_bytes
     from .cluster import predict_files
     from .faces import DetectorError
-    from .predict import new_run_folder, predictions_csv
 
-    many = len(files) > 1 or any(Path(p).is_dir() or not Path(p).exists() for p in inputs)
-    csv_dir = save_dir or (Path("runs/predict") / time.strftime("%Y%m%d-%H%M%S") if many else None)
     options = {"model": args.model, "runtime": args.runtime, "detector": args.detector, "tta": args.tta,
                "detect": not args.no_detect, "margin": args.margin, "align": not args.no_align,
                "workers": args.workers, "draw_bars": not args.no_bars}
@@ -311,35 +290,7 @@ def _cmd_predict_ray(args, inputs, files, failed: int, save_dir, names: dict, er
             import ray
 
             ray.shutdown()
-    console = Console()
-    rows = []
-    for r in results:  # in the order the files were given, as the local engine prints them
-        if r.error:
-            failed += 1
-            err.print(f"error: {r.error}", markup=False, highlight=False, soft_wrap=True)
-            if args.json:
-                print(json.dumps({"path": r.path, "error": r.error, "faces": []}), flush=True)
-            continue
-        rows.append((r.path, r.faces))
-        if args.json:
-            print(json.dumps({"path": r.path, "width": r.size[0], "height": r.size[1],
-                              "faces": [f.to_dict() for f in r.faces]}), flush=True)
-        else:
-            _print_faces(console, r.path, r.faces, classes, r.size)
-    if csv_dir is not None and not rows and save_dir is None:
-        csv_dir = None  # nothing was read: no empty runs/predict/<time>/ folder
-    if csv_dir is not None:
-        if save_dir is None:
-            csv_dir = new_run_folder(csv_dir)
-        atomic_write_bytes(csv_dir / "predictions.csv", predictions_csv(rows, classes).encode())
-    summary = f"{len(rows)} image(s), {sum(len(f) for _, f in rows)} face(s), {failed} failed (engine: ray)"
-    if csv_dir is not None:
-        summary += f"; predictions: {csv_dir / 'predictions.csv'}"
-    if save_dir is not None:
-        summary += f"; annotated images: {save_dir}/"
-    sys.stdout.flush()
-    err.print(summary, markup=False, highlight=False, soft_wrap=True)
-    return 1 if failed else 0
+    return _report_predictions(args, results, classes, len(files), failed, save_dir, err, many, "ray")
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -483,17 +434,49 @@ def _add_train(sub) -> None:
     p.add_argument("--task", choices=["image", "sequence"], default="image",
                    help="image: the frame classifier; sequence: the temporal model over frames")
     add_config_arguments(p, TrainConfig)
-    from .temporal import add_sequence_arguments
+    _add_sequence_arguments(p)
 
-    add_sequence_arguments(p)
+
+def _add_sequence_arguments(parser) -> None:
+    """The ``--task sequence`` options (emolens.temporal.SequenceConfig) that ``emolens train`` does not already
+    have."""
+    import dataclasses
+
+    from .config import TrainConfig, field_help, field_metavar
+    from .temporal import SequenceConfig
+
+    have = {f.name for f in dataclasses.fields(TrainConfig)}
+    group = parser.add_argument_group("SequenceConfig options (--task sequence)")
+    for f in dataclasses.fields(SequenceConfig):
+        if f.name in have:
+            continue
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                           metavar=field_metavar(SequenceConfig, f), help=field_help(f).replace("%", "%%"))
+
+
+def _train_sequence(args) -> int:
+    """``emolens train --task sequence``: SequenceConfig from defaults <- --config YAML <- flags."""
+    import dataclasses
+
+    from .config import ConfigError, TrainConfig, load_config
+    from .temporal import SequenceConfig, train_sequence
+
+    if getattr(args, "resume", None):
+        raise ConfigError("--resume: the temporal model trains in minutes; start it again instead")
+    fields = {f.name for f in dataclasses.fields(SequenceConfig)}
+    unused = [f.name for f in dataclasses.fields(TrainConfig)
+              if f.name not in fields and getattr(args, f.name, None) is not None]
+    if unused:
+        raise ConfigError(f"--task sequence does not use {', '.join('--' + u.replace('_', '-') for u in unused)}")
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
+    train_sequence(load_config(SequenceConfig, args.config, overrides))
+    return 0
 
 
 def _cmd_train(args) -> int:
     if args.task == "sequence":
         _import_train()  # the same install hint when torch is missing
-        from .temporal import train_sequence_cli
-
-        return train_sequence_cli(args)
+        return _train_sequence(args)
     from .config import TrainConfig, load_config, overrides_from_args
 
     train = _import_train()  # first: the config check itself needs torch (the model registry)
@@ -770,8 +753,8 @@ def _cmd_bench_serve(args) -> int:
     import json
     from pathlib import Path
 
+    from .bench import bench_serve, format_bench
     from .checkpoint import atomic_write_bytes
-    from .serve import bench_serve, format_bench
 
     if args.clients < 1 or args.seconds <= 0 or args.workers < 1 or args.slow_clients < 0:
         raise UsageError("--clients and --workers must be >= 1, --seconds > 0 and --slow-clients >= 0")

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .predict import FileResult
 from .preprocess import CLASSES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -263,16 +264,6 @@ def predict_dataset(ds: ray.data.Dataset, *, model: str | Path | None = None, ru
                           fn_constructor_kwargs={"options": options, "keep_empty": keep_empty,
                                                  "annotate_dir": None if annotate_dir is None else str(annotate_dir),
                                                  "draw_bars": draw_bars})
-
-
-@dataclass
-class FileResult:
-    """One input file of :func:`predict_files`: its faces (left to right), or why it could not be read."""
-
-    path: str
-    faces: list[Face]
-    error: str = ""
-    size: tuple[int, int] = (0, 0)  # the image's width and height
 
 
 def _faces_of(rows: list[dict[str, Any]], classes: Sequence[str]) -> list[Face]:

@@ -17,7 +17,7 @@ import functools
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -588,6 +588,53 @@ def boxes_for(table: dict[str | None, list[list[float]]], path: str | Path) -> l
         if key is not None and Path(key).resolve() == p.resolve():
             return table[key]
     return table.get(None)
+
+
+@dataclass
+class FileResult:
+    """One input file of :func:`predict_files` (and of the Ray engine's ``cluster.predict_files``): its faces,
+    or why it could not be read."""
+
+    path: str
+    faces: list[Face]
+    error: str = ""
+    size: tuple[int, int] = (0, 0)  # the image's width and height
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON line ``emolens predict --json`` prints for this file."""
+        if self.error:
+            return {"path": self.path, "error": self.error, "faces": []}
+        return {"path": self.path, "width": self.size[0], "height": self.size[1],
+                "faces": [f.to_dict() for f in self.faces]}
+
+
+def predict_files(recognizer: EmotionRecognizer, files: Iterable[str | Path], *,
+                  boxes: dict[str | None, list[list[float]]] | None = None, annotate_dir: str | Path | None = None,
+                  annotated_names: dict[Any, str] | None = None, bars: bool = True) -> Iterator[FileResult]:
+    """``emolens predict`` on files, one :class:`FileResult` per file as it is done (a bad file is a result with
+    ``error`` set, never an exception that stops the others). ``boxes``: a table from :func:`load_boxes_file`
+    (the user's own face boxes instead of detection). ``annotate_dir``: also write each image with its faces drawn
+    to ``annotate_dir / annotated_names[path]`` (atomically; ``bars``: with probability panels)."""
+    from .checkpoint import atomic_write_bytes
+
+    for path in files:
+        try:
+            img = to_bgr(path, max_pixels=recognizer.max_pixels)
+            faces = recognizer.predict(img, boxes=None if boxes is None else boxes_for(boxes, path) or [])
+        except (ImageError, BoxError) as e:
+            yield FileResult(str(path), [], str(e))
+            continue
+        except Exception as e:  # one bad file must not stop the others, nor print a traceback
+            yield FileResult(str(path), [], f"{path}: {type(e).__name__}: {e}")
+            continue
+        if annotate_dir is not None and annotated_names is not None:
+            import cv2
+
+            name = annotated_names[path]
+            ok, enc = cv2.imencode(Path(name).suffix, recognizer.draw(img, faces, bars=bars))
+            if ok:
+                atomic_write_bytes(Path(annotate_dir) / name, enc.tobytes())
+        yield FileResult(str(path), faces, "", (img.shape[1], img.shape[0]))
 
 
 CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "emotion", "confidence")
