@@ -1,0 +1,159 @@
+"""``WS /v1/stream``: one live session per websocket. A receiver keeps only the newest frame, a processor
+answers it with tracked faces (:class:`_StreamSession`), so a fast client sees drops, not a growing delay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.websockets import WebSocketDisconnect
+
+from .engine import Engine, _face_out
+from .inputs import decode_image, loads_json
+from .schemas import ApiError, Limits
+from .security import _key_from_headers, check_api_key
+
+log = logging.getLogger("emolens.serve")  # one logger name for the whole server, as before the split
+
+
+def _same_origin(ws, cors_origins: Sequence[str]) -> bool:
+    """Browsers do not apply CORS to websockets: refuse pages from other origins ourselves."""
+    origin = ws.headers.get("origin")
+    if origin is None or origin in cors_origins or "*" in cors_origins:
+        return True  # non-browser clients send no Origin
+    from urllib.parse import urlsplit
+
+    return urlsplit(origin).netloc == ws.headers.get("host", "")
+
+
+async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: Limits,
+                  cors_origins: Sequence[str]) -> None:
+    """One live session: a receiver keeps only the newest frame, a processor answers it.
+
+    Protocol: server sends ``{"type": "ready"}``; client sends JPEG frames as binary messages (and, when
+    the server has a key and no header was sent, first a text ``{"api_key": "..."}``); server answers each
+    processed frame with ``{"type": "result", "frame", "faces": [{track_id, box, emotion, ...}], "dropped"}``,
+    or ``{"type": "error", "frame", "error": {...}}`` for a bad frame (the session goes on).
+    """
+    if not _same_origin(ws, cors_origins):
+        await ws.close(code=1008, reason="cross-origin websocket refused")
+        return
+    await ws.accept()
+    try:
+        key = _key_from_headers(ws.headers)
+        if api_key and not key:
+            msg = await asyncio.wait_for(ws.receive_text(), min(10.0, limits.ws_idle_timeout_s))
+            try:
+                key = loads_json(msg).get("api_key")
+            except (ValueError, AttributeError):
+                key = None
+        try:
+            check_api_key(api_key, key if isinstance(key, str) else None)
+        except ApiError as e:
+            await ws.close(code=1008, reason=e.message)
+            return
+        eng = engine_getter()
+        await ws.send_json({"type": "ready", "model": eng.model_ref()})
+    except (TimeoutError, WebSocketDisconnect, ApiError, KeyError, RuntimeError):
+        with contextlib.suppress(Exception):
+            await ws.close(code=1008, reason="no API key received")
+        return
+
+    try:
+        session = await in_thread(_StreamSession, eng, limits)
+    except Exception:
+        log.exception("live stream: cannot start the video pipeline")
+        await ws.close(code=1011, reason="the server cannot process video (logged on the server)")
+        return
+    latest: list[tuple[int, bytes]] = []  # at most one pending frame
+    wake = asyncio.Event()
+    counters = {"received": 0, "dropped": 0}
+
+    async def receiver() -> None:
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), limits.ws_idle_timeout_s)
+            except TimeoutError:
+                await ws.close(code=1001, reason=f"idle for {limits.ws_idle_timeout_s:g} s")
+                return
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes")
+            if data is None:
+                try:
+                    control = loads_json(msg.get("text") or "null")
+                except ValueError as e:
+                    if "nested" in str(e):  # a hostile message: say so, keep the session
+                        await ws.send_json({"type": "error", "error": {
+                            "code": "bad_json", "message": "text message: JSON nested too deeply"}})
+                    continue  # other text (pings, plain words) is ignored
+                if isinstance(control, dict) and control.get("reset"):
+                    session.reset()
+                continue  # other JSON (a repeated api_key) is ignored
+            if latest:
+                counters["dropped"] += 1  # the unprocessed frame is superseded: drop it, do not queue
+                latest.clear()
+            latest.append((counters["received"], data))
+            counters["received"] += 1
+            wake.set()
+
+    async def processor() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            if not latest:
+                continue
+            index, data = latest.pop()
+            reply = await in_thread(session.process, data)
+            reply.update(frame=index, dropped=counters["dropped"], received=counters["received"])
+            await ws.send_json(reply)
+
+    recv_task = asyncio.create_task(receiver())
+    proc_task = asyncio.create_task(processor())
+    try:
+        done, _ = await asyncio.wait({recv_task, proc_task}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError):
+                log.warning("stream ended: %s: %s", type(exc).__name__, exc)
+    finally:
+        for task in (recv_task, proc_task):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+class _StreamSession:
+    """Per-connection state: ``emolens.video.VideoProcessor`` (face tracker with stable ids, per-track
+    smoothing by the temporal model when one fits the image model, else an EMA)."""
+
+    def __init__(self, engine: Engine, limits: Limits):
+        self.engine, self.limits = engine, limits
+        self.processor = engine.new_video_processor()
+        self.failed = False  # log the first internal error of a session only
+
+    def reset(self) -> None:
+        self.processor = self.engine.new_video_processor()
+
+    def process(self, data: bytes) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            img = decode_image(data, self.limits, "frame")
+        except ApiError as e:
+            return {"type": "error", "error": {"code": e.code, "message": e.message}}
+        try:
+            tracked = self.processor.process(img)
+        except Exception:  # a server bug must not look like the client's fault, nor end the session silently
+            if not self.failed:
+                log.exception("live stream: processing a frame failed")
+            self.failed = True
+            return {"type": "error", "error": {"code": "internal_error",
+                                               "message": "the server failed on this frame (logged on the server)"}}
+        faces = [_face_out(f) | {"track_id": int(f.track_id)} for f in tracked]
+        return {"type": "result", "width": img.shape[1], "height": img.shape[0], "faces": faces,
+                "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
