@@ -159,12 +159,9 @@ def model_path(model: str = "full") -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _session(path: str, threads: int):
-    import onnxruntime as ort
+    from .runtime import onnx_session
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return onnx_session(path, threads)
 
 
 class BlazeFace:

@@ -275,21 +275,12 @@ def _check_shipped_pair(path: Path) -> None:
 
 def _onnx_metadata(path: Path, session=None) -> dict[str, Any]:
     """The ``emolens.*`` metadata of an ONNX file (JSON-decoded, prefix dropped); {} when unreadable."""
-    if session is None:
-        try:
-            import onnxruntime as ort
+    from .runtime import ModelError, read_onnx_metadata
 
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception:  # not readable as ONNX: no metadata to check against
-            return {}
-    meta = {}
-    for key, value in sorted(session.get_modelmeta().custom_metadata_map.items()):
-        if key.startswith("emolens."):
-            try:
-                meta[key.split(".", 1)[1]] = json.loads(value)
-            except ValueError:
-                meta[key.split(".", 1)[1]] = value
-    return meta
+    try:
+        return read_onnx_metadata(session if session is not None else path)
+    except ModelError:  # not readable as ONNX: no metadata to check against
+        return {}
 
 
 def twin_check(path: Path, session=None) -> dict[str, Any] | None:

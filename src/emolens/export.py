@@ -29,7 +29,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .runtime import META_KEYS, WEIGHTS_KEY, ModelError, onnx_graph_sha256, softmax
+from .runtime import META_KEYS, WEIGHTS_KEY, ModelError, onnx_graph_sha256, onnx_session, read_onnx_metadata, softmax
 
 FORMAT = "emolens-onnx"
 DEFAULT_OPSET = 17
@@ -87,14 +87,12 @@ def _WithEmbedding(model):  # noqa: N802 - a class factory, so torch is imported
     return WithEmbedding(model).eval()
 
 
-def _metadata(ckpt: dict[str, Any], source_sha256: str, extra: dict[str, Any] | None = None) -> dict[str, str]:
-    values = {"format": FORMAT, "model": ckpt["model"], "classes": list(ckpt["classes"]),
-              "preprocess": ckpt.get("preprocess", {}), "metrics": ckpt.get("metrics", {}),
-              "source_sha256": source_sha256}
-    meta = {f"emolens.{k}": json.dumps(v, sort_keys=True, default=float) for k, v in values.items()}
-    assert set(meta) == set(META_KEYS), "runtime.META_KEYS and export disagree"
-    for k, v in (extra or {}).items():
-        meta[f"emolens.{k}"] = json.dumps(v, sort_keys=True, default=float)
+def _metadata(ckpt: dict[str, Any], source_sha256: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's self-description as ONNX metadata values (keys without the ``emolens.`` prefix)."""
+    meta = {"format": FORMAT, "model": ckpt["model"], "classes": list(ckpt["classes"]),
+            "preprocess": ckpt.get("preprocess", {}), "metrics": ckpt.get("metrics", {}),
+            "source_sha256": source_sha256, **(extra or {})}
+    assert {f"emolens.{k}" for k in meta} >= set(META_KEYS), "runtime.META_KEYS and export disagree"
     return meta
 
 
@@ -113,57 +111,42 @@ def _stamped(proto) -> bytes:
     return data
 
 
-def _with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
+def write_metadata(model: bytes | str | Path, meta: dict[str, Any]) -> bytes:
+    """ONNX model (bytes or a path) -> its bytes with the ``emolens.*`` metadata replaced by ``meta`` (values
+    JSON-encoded, keys without the prefix) and the graph checksum recomputed. The one writer of the package's
+    ONNX metadata; :func:`emolens.runtime.read_onnx_metadata` is the one reader."""
     import onnx
 
-    proto = onnx.load_from_string(data)
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     del proto.metadata_props[:]
     for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
+        if f"emolens.{k}" != WEIGHTS_KEY:  # recomputed for this graph by _stamped
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"emolens.{k}", json.dumps(v, sort_keys=True, default=float)
     proto.producer_name = "emolens"
     onnx.checker.check_model(proto)
     return _stamped(proto)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``emolens.*`` metadata of an ONNX file, JSON-decoded, keys without the prefix."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for non-ONNX files
-        raise ModelError(f"{path}: not an ONNX file ({str(e).splitlines()[0][:160]})") from None
-    return {p.key.removeprefix("emolens."): json.loads(p.value) for p in proto.metadata_props
-            if p.key.startswith("emolens.")}
+    """The ``emolens.*`` metadata of an ONNX file, JSON-decoded, keys without the prefix (ModelError when the
+    file is not ONNX): :func:`emolens.runtime.read_onnx_metadata`."""
+    return read_onnx_metadata(Path(path))
 
 
 def compare_torch_onnx(model, onnx_path: str | Path, n: int = 64, seed: int = 0,
                        input_size: int = 48) -> float:
     """Max |p_torch - p_onnx| over ``n`` random normalised inputs (N, 1, S, S) plus a few extreme ones."""
-    import onnxruntime as ort
     import torch
 
     gen = np.random.default_rng(seed)
     x = gen.normal(0, 1, (n, 1, input_size, input_size)).astype(np.float32)
     x[0], x[1] = -2.0, 2.0  # black and white images, the ends of the normalised range
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = onnx_session(onnx_path)
     p_onnx = softmax(sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float32))
     with torch.inference_mode():
         p_torch = softmax(model.eval()(torch.from_numpy(x)).float().numpy())
     return float(np.abs(p_onnx - p_torch).max())
-
-
-def _set_metadata(path: Path, meta: dict[str, Any]) -> bytes:
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        if f"emolens.{k}" != WEIGHTS_KEY:  # recomputed for this graph by _stamped
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = f"emolens.{k}", json.dumps(v, sort_keys=True, default=float)
-    return _stamped(proto)
 
 
 def quantize_int8(onnx_path: str | Path, out: str | Path, calibration: np.ndarray | None = None,
@@ -219,7 +202,7 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, calibration: np.ndarra
             logging.disable(previous)
         if metrics:
             meta["metrics"] = {**meta.get("metrics", {}), **metrics}
-        atomic_write_bytes(out, _set_metadata(q, meta))
+        atomic_write_bytes(out, write_metadata(q, meta))
     return out
 
 
@@ -256,7 +239,7 @@ def int8_with_accuracy_check(onnx_path: str | Path, out: str | Path, data: str |
                           f"fp32 ({100 * acc32:.2f}%), more than {100 * max_drop:g}: not written")
     meta = read_metadata(out)
     meta["metrics"] = {**meta.get("metrics", {}), **scores}
-    atomic_write_bytes(out, _set_metadata(out, meta))
+    atomic_write_bytes(out, write_metadata(out, meta))
     return {"int8_path": str(out), "int8_size_bytes": out.stat().st_size, **scores}
 
 
@@ -279,7 +262,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     except ImportError:
         raise ModelError("export needs PyTorch: pip install 'emolens[train]'") from None
     size = int(ckpt.get("preprocess", {}).get("input_size", 48))
-    graph = _with_metadata(onnx_bytes(model, opset, size), _metadata(ckpt, file_sha256(checkpoint)))
+    graph = write_metadata(onnx_bytes(model, opset, size), _metadata(ckpt, file_sha256(checkpoint)))
     atomic_write_bytes(out, graph)
     result: dict[str, Any] = {"path": str(out), "size_bytes": out.stat().st_size, "opset": opset,
                               "max_abs_diff": None, "int8_path": None, "int8_size_bytes": None}

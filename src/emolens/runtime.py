@@ -164,39 +164,68 @@ class Classifier:
                 "sha256": file_sha256(self.path), "metrics": self.metrics}
 
 
+def onnx_session(model: str | Path | bytes, threads: int = 0, providers: list[str] | None = None):
+    """An ONNX Runtime session (the package's one factory): ``threads`` intra-op threads (0 = ORT's default),
+    CPU unless ``providers`` say otherwise, ORT's own log kept to errors. ``model``: a path or the file's bytes
+    (then what runs is exactly what was checksummed)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=providers or ["CPUExecutionProvider"])
+
+
+def read_onnx_metadata(source: Any) -> dict[str, Any]:
+    """The ``emolens.*`` metadata of an ONNX model (a session, a path or the file's bytes), JSON-decoded, keys
+    without the prefix; ModelError when it is not ONNX. The one reader (``emolens.export.write_metadata``
+    writes it); needs only onnxruntime."""
+    session = source
+    if not hasattr(source, "get_modelmeta"):
+        try:
+            session = onnx_session(source)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            name = "model" if isinstance(source, bytes) else source
+            raise ModelError(f"{name}: not an ONNX file ({why})") from None
+    meta: dict[str, Any] = {}
+    for key, value in sorted(session.get_modelmeta().custom_metadata_map.items()):
+        if key.startswith("emolens."):
+            try:
+                meta[key.split(".", 1)[1]] = json.loads(value)
+            except ValueError:
+                meta[key.split(".", 1)[1]] = value
+    return meta
+
+
 class OnnxClassifier(Classifier):
     runtime = "onnx"
 
     def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None):
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
         data = self.path.read_bytes()
         if not data:
             raise ModelError(f"{self.path}: empty file (0 bytes), not an ONNX model")
         try:  # from the bytes read: the checksum below is of exactly what runs
-            self.session = ort.InferenceSession(data, opts, providers=providers or ["CPUExecutionProvider"])
+            self.session = onnx_session(data, threads, providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ModelError(f"{self.path}: not a usable ONNX model ({why})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        expected = meta.get(WEIGHTS_KEY)
-        if expected is not None and json.loads(expected) != onnx_graph_sha256(data):
+        meta = read_onnx_metadata(self.session)
+        expected = meta.get(WEIGHTS_KEY.removeprefix("emolens."))
+        if expected is not None and expected != onnx_graph_sha256(data):
             raise ModelError(f"{self.path}: damaged weights (their checksum does not match the one recorded at "
                              "export): use another copy of the model")
-        self.classes = tuple(json.loads(meta.get("emolens.classes", json.dumps(list(CLASSES)))))
-        pre = json.loads(meta.get("emolens.preprocess", "{}"))
+        self.classes = tuple(meta.get("classes", list(CLASSES)))
+        pre = meta.get("preprocess", {})
         self.mean, self.std = float(pre.get("mean", MEAN)), float(pre.get("std", STD))
         self.input_size = int(pre.get("input_size", INPUT_SIZE))
-        model = json.loads(meta.get("emolens.model", "{}"))
-        self.name = model.get("name", self.path.stem)
-        self.metrics = json.loads(meta.get("emolens.metrics", "{}"))
+        self.name = meta.get("model", {}).get("name", self.path.stem)
+        self.metrics = meta.get("metrics", {})
         self.input_name = self.session.get_inputs()[0].name
         self._check_outputs()
 
