@@ -165,26 +165,25 @@ def test_temporal_head_refuses_an_empty_input():
 
 
 def test_head_training_on_embeddings_reduces_the_loss():
-    """The frozen-encoder path of train_sequence in miniature: AdamW steps on (B, T, D) embeddings whose
-    frames are noisy views of a per-class prototype (one frame alone is often wrong; a run is not)."""
+    """The frozen-encoder training loop of train_sequence (``fit_head``) on a tiny bank of runs whose frame
+    embeddings are noisy views of a per-class prototype (one frame alone is often wrong; a run is not)."""
+    from emolens.temporal import RunBank, fit_head
+
     torch.manual_seed(0)
-    model = create_model("temporal_lstm", encoder_kwargs=SMALL)
+    model = create_model("temporal_lstm", encoder_kwargs=SMALL, num_frames=16)
     rng = np.random.default_rng(0)
     protos = rng.normal(size=(7, model.frame_dim))
-    ri, fi, lab = assemble_sequences(np.arange(28) % 7, 16, 64, 16, rng, 4, 2)
-    emb = protos[lab] + rng.normal(0, 2.0, lab.shape + (model.frame_dim,))
-    x, y = torch.from_numpy(emb).float(), torch.from_numpy(lab)
-    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("encoder.")], lr=3e-3)
-    model.train()
-    model.encoder.eval()  # frozen, as in train_sequence
-    losses = []
-    for _ in range(40):
-        loss = torch.nn.functional.cross_entropy(model.forward_sequence(x).flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    labels = np.arange(28) % 7
+    emb = (protos[labels][:, None] + rng.normal(0, 2.0, (28, 16, model.frame_dim))).astype(np.float32)
+    bank = RunBank(labels.astype(np.int64), np.zeros((28, 16, 7), np.float32), emb)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    cfg = SequenceConfig(seq_len=16, min_segment=4, epochs=10, steps_per_epoch=8, batch_size=32, lr=1e-2,
+                         emb_noise=0.0, smooth_loss=0.0, label_smoothing=0.0)
+    history = fit_head(model, bank, cfg, rng, log=lambda m: None)
+    losses = [h["train_loss"] for h in history]
+    assert len(history) == 10 and losses[-1] < 0.5 * losses[0], losses
+    for k, v in model.encoder.state_dict().items():  # the encoder is frozen
+        torch.testing.assert_close(v, before[k])
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -276,6 +275,41 @@ def test_train_on_user_clips(tmp_path):
                          progress=False, threads=1)
     out = train_sequence(cfg)
     assert (out / "temporal.onnx").is_file() and "Held-out clips (4)" in (out / "measure.md").read_text()
+
+
+def test_frame_folder_clip_is_detected_at_full_size(tmp_path):
+    """A <class>/<clip>/ frame folder of 320x240 frames (a real face: scikit-image's astronaut) is read at its own
+    size, so the detector finds the face and the crops are of the face, as for an .mp4 clip; not the whole frame
+    squeezed to 48x48 (where no face is found)."""
+    from emolens.faces import create_detector
+    from emolens.preprocess import preprocess
+    from emolens.temporal import load_sequence_folder, read_frame_folder
+
+    skdata = pytest.importorskip("skimage.data")
+    photo = cv2.resize(np.ascontiguousarray(skdata.astronaut()[:, :, ::-1]), (240, 240))
+    frame = np.full((240, 320, 3), 60, np.uint8)
+    frame[:, 40:280] = photo
+    d = tmp_path / "clips" / "happy" / "clip0"
+    d.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(d / f"{i:03d}.png"), np.roll(frame, 2 * i, axis=1))
+    frames = read_frame_folder(d)
+    assert len(frames) == 3 and frames[0].shape == (240, 320, 3)
+    det = create_detector("auto")
+    assert len(det.detect_faces(frames[0])) == 1  # the face is found at full size
+
+    seen: list[tuple[int, ...]] = []
+
+    def face_crops(fr):
+        seen.extend(f.shape for f in fr)
+        from emolens.video import clip_face_crops
+
+        return clip_face_crops(fr, detector=det)
+
+    (name, crops, label), = load_sequence_folder(tmp_path / "clips", face_crops=face_crops, progress=False)
+    assert seen == [(240, 320, 3)] * 3 and crops.shape == (3, 48, 48) and CLASSES[label] == "happy"
+    whole = preprocess(frames[0], "bgr")  # what a crop looks like when no face is found
+    assert np.abs(crops[0].astype(int) - whole.astype(int)).mean() > 10
 
 
 def test_bad_sequence_folder(tmp_path):
