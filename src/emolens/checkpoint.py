@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .outputs import atomic_write_bytes, default_file_mode, file_sha256  # noqa: F401 (re-exported)
 from .preprocess import CLASSES, INPUT_SIZE, MEAN, STD
 
 FORMAT = "emolens-checkpoint"
@@ -19,40 +18,6 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A file that is not an emolens checkpoint, or one that does not match its recorded hash."""
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600 would make shipped
-    weights and reports unreadable to other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # .<name>.<pid>.<random>.tmp: emolens.outputs.remove_stale_temp_files can tell a dead writer's leftovers
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def preprocess_spec() -> dict[str, Any]:

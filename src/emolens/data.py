@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -34,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import default_file_mode
 from .decode import IMAGE_SUFFIXES  # noqa: F401 (the one suffix list; re-exported)
 from .preprocess import CLASSES, INPUT_SIZE, preprocess
 
@@ -456,19 +454,11 @@ def source_key(path: Path, skip_bad: bool = False) -> str:
 
 def _save_cache(ds: FERDataset, target: Path) -> None:
     """Temp file + fsync + rename: a crash leaves the old cache or none, never half of one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=ds.images, labels=ds.labels, splits=ds.splits,
-                     sources=np.asarray(ds.sources, dtype=str), skipped=np.asarray(ds.skipped, dtype=str))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .outputs import atomic_writer
+
+    with atomic_writer(target) as f:
+        np.savez(f, images=ds.images, labels=ds.labels, splits=ds.splits,
+                 sources=np.asarray(ds.sources, dtype=str), skipped=np.asarray(ds.skipped, dtype=str))
 
 
 def _read_cache(target: Path, origin: str) -> FERDataset | None:

@@ -1,11 +1,12 @@
-"""Where commands may write: the one check that an output never replaces an input, and the clean-up of the
-hidden temp files a killed run leaves behind.
+"""Where and how commands write: the one check that an output never replaces an input, the one atomic write
+(temp file beside the target, fsync, rename), file hashing, and the clean-up of the hidden temp files a killed
+run leaves behind.
 
 Every command that writes files calls :func:`check_outputs` before any work starts, so
 ``emolens predict DIR --save-dir DIR`` or ``emolens video a.mp4 -o a.mp4`` is refused in one line instead of
 destroying the user's files, and an output folder that cannot be written is found before the first image.
 
-Temp files are named ``.<name>.<pid>.<anything>`` beside their target (``emolens.checkpoint.atomic_write_bytes``,
+Temp files are named ``.<name>.<pid>.<anything>`` beside their target (:func:`atomic_write_bytes`,
 the video writer, the CSV timeline): :func:`remove_stale_temp_files` deletes those of processes that no longer
 exist.
 
@@ -16,10 +17,57 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600 would make shipped
+    weights and reports unreadable to other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temp file beside it, fsynced and renamed over ``path`` when
+    the block ends without an error (removed when it fails), so readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # .<name>.<pid>.<random>.tmp: remove_stale_temp_files can tell a dead writer's leftovers
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, default_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class OutputError(ValueError):
