@@ -191,6 +191,21 @@ def test_predict_multipart_finds_the_astronaut(server, photo):
     assert body["timing_ms"] > 0
 
 
+def test_api_gives_the_python_api_probabilities_for_the_same_file(server, model_dir, photo, tmp_path):
+    """One input path: the HTTP API and EmotionRecognizer decode, detect, crop and classify the same file
+    identically (same boxes, same probabilities to float precision)."""
+    f = tmp_path / "a.jpg"
+    f.write_bytes(photo)
+    direct = make_recognizer(model_dir).predict(str(f))
+    assert direct  # the astronaut: at least her face
+    body = post(f"{server.url}/v1/predict", files={"file": ("a.jpg", photo, "image/jpeg")}).json()
+    assert [list(x.box) for x in direct] == [face["box"] for face in body["faces"]]
+    for x, face in zip(direct, body["faces"], strict=True):
+        assert x.emotion == face["emotion"]
+        for c in CLASSES:
+            assert face["probabilities"][c] == pytest.approx(x.probabilities[c], abs=1e-6)
+
+
 def test_predict_json_base64_matches_multipart(server, photo):
     a = post(f"{server.url}/v1/predict", files={"file": ("a.jpg", photo, "image/jpeg")}).json()
     b = post(f"{server.url}/v1/predict", json={"image": base64.b64encode(photo).decode()}).json()

@@ -683,6 +683,8 @@ def _cmd_webcam(args) -> int:
 
 
 def _add_serve(sub) -> None:
+    from .decode import MAX_PIXELS
+
     p = sub.add_parser("serve", help="HTTP API and web page (camera, upload)",
                        description="Start the HTTP API (JSON, OpenAPI docs at /docs) and the web page at /. "
                                    "Binding to anything but localhost needs an API key, checked on every /v1 call.",
@@ -699,9 +701,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--smooth", choices=["auto", "temporal", "ema", "none"], default="auto",
                    help="label smoothing per tracked face in the live stream (auto: temporal model if shipped)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted image file")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted width x height")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest accepted width x height")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one batch request")
-    p.add_argument("--max-request-pixels", type=int, default=50_000_000,
+    p.add_argument("--max-request-pixels", type=int, default=MAX_PIXELS,
                    help="most decoded pixels in one batch request (sum over its images)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from ORIGIN to call the API (repeatable); default: none")

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..decode import MAX_PIXELS
 from .engine import Engine, load_recognizer
 from .inputs import ACCEPTED_TYPES, decode_image, image_size, read_images
 from .schemas import (
@@ -43,7 +44,7 @@ WEB_DIR = Path(__file__).parent.parent / "web"  # src/emolens/web: the page and 
 
 
 def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb: float = 10,
-               max_pixels: int = 40_000_000, max_batch: int = 16, cors_origins: Sequence[str] = (),
+               max_pixels: int = MAX_PIXELS, max_batch: int = 16, cors_origins: Sequence[str] = (),
                limits: Limits | None = None, inference_threads: int = 1,
                recognizer_factory: Callable[[], Any] | None = None, stream_smoothing: str = "auto",
                allowed_hosts: Sequence[str] = (), max_request_pixels: int = Limits.max_request_pixels):

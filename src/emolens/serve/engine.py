@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..decode import MAX_PIXELS
 from .schemas import ApiError
 
 log = logging.getLogger("emolens.serve")  # one logger name for the whole server, as before the split
@@ -122,7 +123,7 @@ def _face_out(face: Any) -> dict[str, Any]:
 
 
 def load_recognizer(model: str | None = None, runtime: str = "auto", detector: str = "auto",
-                    tta: str = "none", max_pixels: int = 50_000_000) -> Any:
+                    tta: str = "none", max_pixels: int = MAX_PIXELS) -> Any:
     """The recognizer the server uses (``emolens.predict.EmotionRecognizer``); one per worker process."""
     from ..faces import DetectorError
     from ..predict import EmotionRecognizer

@@ -13,16 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import decode as _decode
+from ..decode import MAGIC  # noqa: F401 (re-exported: the table the formats are read with)
 from .schemas import ApiError, Limits
 
 log = logging.getLogger("emolens.serve")  # one logger name for the whole server, as before the split
 
-#: Leading bytes of the formats accepted (sized from the header, then decoded by ``predict.decode_bytes``).
-MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"BM", "bmp"),
-)
+#: The package's one magic-byte table (emolens.decode); the API accepts these of its formats.
+API_FORMATS = ("JPEG", "PNG", "BMP", "WebP")
 
 
 #: What an image file must be, for the spec: the server reads the format from the file's first bytes.
@@ -39,28 +37,23 @@ def loads_json(data: bytes | str) -> Any:
 
 
 def image_format(data: bytes) -> str | None:
-    """Format name from the magic bytes, None when not an accepted image."""
-    for magic, name in MAGIC:
-        if data.startswith(magic):
-            return name
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+    """Lower-case format name from the magic bytes (:func:`emolens.decode.image_format`), None when it is not
+    one the API accepts (:data:`API_FORMATS`)."""
+    name = _decode.image_format(data)
+    return name.lower() if name in API_FORMATS else None
 
 
 def decode_image(data: bytes, limits: Limits, name: str = "image") -> np.ndarray:
     """Encoded bytes -> (H, W, 3) BGR or (H, W) gray uint8, after the cheap checks: size, magic bytes, header
-    dimensions; then the one decoder of the package (``emolens.predict.decode_bytes``, EXIF orientation applied).
+    dimensions; then the one decoder of the package (``emolens.decode.decode_bytes``, EXIF orientation applied).
 
     The pixel count is read from the header by PIL's lazy ``Image.open`` (no pixel data decoded), so a
     decompression bomb is refused before it allocates anything.
     """
-    from ..predict import ImageError, decode_bytes
-
     image_size(data, limits, name)
     try:
-        img = decode_bytes(data, name, max_pixels=max(limits.max_pixels, 1))
-    except ImageError as e:
+        img = _decode.decode_bytes(data, name, max_pixels=max(limits.max_pixels, 1))
+    except _decode.ImageError as e:
         raise ApiError(422, "bad_image", str(e)) from None
     if img.size == 0:
         raise ApiError(422, "bad_image", f"{name}: zero width or height")

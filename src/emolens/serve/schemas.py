@@ -8,19 +8,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..decode import MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class Limits:
     """What one request may cost. Defaults fit a webcam frame or a phone photo with room to spare."""
 
     max_upload_bytes: int = 10 * 1024 * 1024  # one encoded image
-    max_pixels: int = 40_000_000  # width * height from the header, checked before decoding (bombs)
+    max_pixels: int = MAX_PIXELS  # width * height from the header, checked before decoding (bombs)
     max_batch: int = 16  # images in one /v1/predict/batch request
     max_request_bytes: int = 32 * 1024 * 1024  # whole request body (batch), base64 included
     body_timeout_s: float = 30.0  # a client must finish sending its body within this
     ws_idle_timeout_s: float = 60.0  # a websocket with no message for this long is closed
     max_faces: int = 32  # faces returned per image (largest first), bounds the work per request
-    max_request_pixels: int = 50_000_000  # decoded pixels of a whole batch request (sum over its images)
+    max_request_pixels: int = MAX_PIXELS  # decoded pixels of a whole batch request (sum over its images)
     chunk_pixels: int = 4_000_000  # a batch runs in chunks of about this many pixels; other requests go between
     head_timeout_s: float = 5.0  # a connection must send a complete request head (line + headers) within this
     max_waiting_connections: int = 512  # connections without a request head; past it the oldest is closed

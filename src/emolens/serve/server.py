@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import __version__
+from ..decode import MAX_PIXELS
 from .app import create_app
 from .engine import load_recognizer
 from .schemas import Limits
@@ -30,7 +31,7 @@ class ServeOptions:
     detector: str = "auto"
     tta: str = "none"
     max_upload_mb: float = 10
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
     max_batch: int = 16
     cors_origins: tuple[str, ...] = ()
     inference_threads: int = 1
