@@ -248,7 +248,7 @@ def test_train_on_user_clips(tmp_path):
     """User sequence data: <class>/<clip>/ frame folders and <class>/*.avi clips, one label per clip (frames
     that are face crops already: no face is detected in them, so they are used whole)."""
     from emolens.temporal import load_sequence_folder
-    from emolens.video import _AtomicVideoWriter
+    from emolens.video.io import _AtomicVideoWriter
 
     faces, labels = _faces(14, seed=3)
     root = tmp_path / "clips"
@@ -302,7 +302,7 @@ def test_frame_folder_clip_is_detected_at_full_size(tmp_path):
 
     def face_crops(fr):
         seen.extend(f.shape for f in fr)
-        from emolens.video import clip_face_crops
+        from emolens.video.crops import clip_face_crops
 
         return clip_face_crops(fr, detector=det)
 

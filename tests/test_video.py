@@ -14,7 +14,6 @@ from emolens.preprocess import CLASSES
 from emolens.video import (
     CSV_COLUMNS,
     EmaSmoother,
-    StreamTracker,
     Tracker,
     iou_matrix,
     process_video,
@@ -88,17 +87,6 @@ def test_new_face_gets_a_new_id_and_far_jump_is_not_matched():
     assert tr.last_ids == [3]
 
 
-def test_stream_tracker_adds_ids_and_smooths():
-    st = StreamTracker(smoothing=0.5)
-    p1 = {c: (1.0 if c == "happy" else 0.0) for c in CLASSES}
-    p2 = {c: (1.0 if c == "sad" else 0.0) for c in CLASSES}
-    out1 = st.update([{"box": [10, 10, 50, 50], "emotion": "happy", "probabilities": p1}])
-    out2 = st.update([{"box": [12, 10, 50, 50], "emotion": "sad", "probabilities": p2}])
-    assert out1[0]["track_id"] == out2[0]["track_id"] == 1
-    assert out2[0]["probabilities"]["happy"] == pytest.approx(0.5)
-    assert out2[0]["probabilities"]["sad"] == pytest.approx(0.5)
-
-
 def test_ema_smoother_per_track():
     ema = EmaSmoother(0.25)
     a = np.eye(7)[3]
@@ -109,6 +97,20 @@ def test_ema_smoother_per_track():
     np.testing.assert_allclose(q, 0.75 * a + 0.25 * b)
     with pytest.raises(ValueError):
         EmaSmoother(0)
+
+
+def test_smoother_new_is_fresh_with_the_same_settings():
+    """One smoother per stream: ``new()`` keeps the settings (and shares a temporal head), not the tracks."""
+    from emolens.video import Smoother, TemporalSmoother
+
+    ema = EmaSmoother(0.4)
+    ema.update(1, np.eye(7)[3], None)
+    fresh = ema.new()
+    assert type(fresh) is EmaSmoother and fresh.alpha == 0.4 and fresh.state == {} and ema.state
+    assert type(Smoother().new()) is Smoother
+    head = object()
+    tmp = TemporalSmoother(head).new()
+    assert type(tmp) is TemporalSmoother and tmp.head is head and tmp.state == {}
 
 
 def test_tracks_move_between_detection_rounds():
@@ -218,7 +220,8 @@ def test_video_with_temporal_model(clip, image_model, tmp_path):
     results = []
     for img_file, runtime, head in ((image_model, "torch", pt), (image_model, "torch", onnx_path),
                                     (image_onnx, "onnx", onnx_path)):
-        proc = VideoProcessor(model=str(img_file), runtime=runtime, smooth="temporal", temporal_model=str(head))
+        proc = VideoProcessor.create(model=str(img_file), runtime=runtime, smooth="temporal",
+                                      temporal_model=str(head))
         res = process_video(str(clip), None, tmp_path / "t.csv", processor=proc, max_frames=12, progress=False)
         assert res.smoothing == "temporal" and res.rows == 12
         assert len(proc.smoother.state[1]) == 8  # the window: the last 8 embeddings of track 1
@@ -232,7 +235,7 @@ def test_video_with_temporal_model(clip, image_model, tmp_path):
 def test_video_no_faces(tmp_path, image_model, capsys):
     import cv2
 
-    from emolens.video import _AtomicVideoWriter
+    from emolens.video.io import _AtomicVideoWriter
 
     src = tmp_path / "empty_room.avi"
     w = _AtomicVideoWriter(src, 25.0, (320, 240))
@@ -384,7 +387,28 @@ def test_face_leaving_the_frame_for_under_a_second_keeps_its_track(image_model):
     frame = np.full((480, 640, 3), 60, np.uint8)
     frame[:, 80:560] = photo
     empty = np.full((480, 640, 3), 60, np.uint8)
-    proc = VideoProcessor(model=str(image_model), runtime="torch", smooth="ema")
+    proc = VideoProcessor.create(model=str(image_model), runtime="torch", smooth="ema")
     ids = [[f.track_id for f in proc.process(empty if 30 <= i < 50 else frame)] for i in range(80)]
     assert all(ids[i] == [] for i in range(33, 50))
     assert {tuple(x) for x in ids[:30] + ids[53:]} == {(1,)}
+
+
+def test_video_processor_takes_its_parts_explicitly(image_model):
+    """Classifier, detector and crop settings are the processor's own; a recognizer passed whole (as serve and
+    cluster do) or through from_recognizer gives the same parts."""
+    from emolens.faces import create_detector
+    from emolens.predict import EmotionRecognizer
+    from emolens.runtime import load_classifier
+    from emolens.video import VideoProcessor
+
+    clf, det = load_classifier(str(image_model), "torch"), create_detector("auto")
+    proc = VideoProcessor(clf, det, margin=0.3, align=False, smooth="ema", detect_every=1)
+    assert proc.classifier is clf and proc.face_detector is det and proc.margin == 0.3 and not proc.align
+    assert VideoProcessor(clf, det, smooth="none").margin == det.margin  # None: the detector's own margin
+    rec = EmotionRecognizer(model=str(image_model), runtime="torch", tta="none", margin=0.25)
+    for p in (VideoProcessor(rec, smooth="ema"), VideoProcessor.from_recognizer(rec, smooth="ema")):
+        assert p.classifier is rec.classifier and p.face_detector is rec.detector and p.margin == 0.25 and p.align
+    frame = np.full((240, 320, 3), 60, np.uint8)
+    assert proc.process(frame) == [] and proc.crops(frame, np.array([[100, 60, 80, 80]])).shape == (1, 48, 48)
+    with pytest.raises(TypeError, match="face_detector"):
+        VideoProcessor(clf)

@@ -67,7 +67,7 @@ def load_sequence_folder(path: str | Path, face_crops=None, max_frames: int = 60
         import functools
 
         from ..faces import create_detector
-        from ..video import clip_face_crops
+        from ..video.crops import clip_face_crops
 
         # one detector for every clip: loading a cascade takes longer than detecting in a short clip
         face_crops = functools.partial(clip_face_crops, detector=create_detector("auto"))
@@ -85,7 +85,7 @@ def load_sequence_folder(path: str | Path, face_crops=None, max_frames: int = 60
         if clip.is_dir():
             frames = read_frame_folder(clip, max_frames)
         else:
-            from ..video import read_frames
+            from ..video.io import read_frames
 
             frames = read_frames(clip, max_frames)
         if len(frames) < 2:
