@@ -117,9 +117,13 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _face_out(face: Any) -> dict[str, Any]:
-    d = face.to_dict() if hasattr(face, "to_dict") else dict(face)
-    return {"box": [int(v) for v in d["box"]], "emotion": str(d["emotion"]), "confidence": float(d["confidence"]),
-            "probabilities": {str(k): float(v) for k, v in d["probabilities"].items()}}
+    """A Face as the API returns it: box, emotion, confidence, probabilities, and the track id of a tracked face."""
+    d = face.to_dict()
+    out = {"box": [int(v) for v in d["box"]], "emotion": str(d["emotion"]), "confidence": float(d["confidence"]),
+           "probabilities": {str(k): float(v) for k, v in d["probabilities"].items()}}
+    if "track_id" in d:
+        out["track_id"] = d["track_id"]
+    return out
 
 
 def load_recognizer(model: str | None = None, runtime: str = "auto", detector: str = "auto",

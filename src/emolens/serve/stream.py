@@ -153,7 +153,7 @@ class _StreamSession:
             self.failed = True
             return {"type": "error", "error": {"code": "internal_error",
                                                "message": "the server failed on this frame (logged on the server)"}}
-        faces = [_face_out(f) | {"track_id": int(f.track_id)} for f in tracked]
+        faces = [_face_out(f) for f in tracked]
         return {"type": "result", "width": img.shape[1], "height": img.shape[0], "faces": faces,
                 "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
 

@@ -35,12 +35,12 @@ from .io import (
     synthetic_face_video,
     video_codec,
 )
-from .processor import TrackedFace, VideoProcessor
+from .processor import VideoProcessor
 from .run import VideoResult, bench_video, format_bench_video, gui_available, process_video, run_webcam
 from .smoothing import EmaSmoother, Smoother, TemporalSmoother, encoder_for_classifier, frame_encoder_for, make_smoother
 from .tracking import Track, Tracker, iou_matrix
 
-__all__ = ["Tracker", "Track", "iou_matrix", "VideoProcessor", "TrackedFace", "process_video", "VideoResult",
+__all__ = ["Tracker", "Track", "iou_matrix", "VideoProcessor", "process_video", "VideoResult",
            "run_webcam", "bench_video", "format_bench_video", "plot_timeline", "draw_tracks", "read_frames",
            "read_csv", "clip_face_crops", "clip_box", "open_capture", "open_video_writer", "video_codec",
            "gui_available", "synthetic_face_video", "EmaSmoother", "TemporalSmoother", "Smoother", "make_smoother",

@@ -11,17 +11,17 @@ import numpy as np
 from ..preprocess import CLASSES
 
 if TYPE_CHECKING:
-    from .processor import TrackedFace
+    from ..predict import Face
 
 
-def draw_tracks(frame: np.ndarray, faces: list[TrackedFace], bars: bool = True) -> np.ndarray:
+def draw_tracks(frame: np.ndarray, faces: list[Face], bars: bool = True) -> np.ndarray:
     """The photo overlay (:func:`emolens.predict.draw_faces`: box, emotion, bars) plus each track's id
     under its box, drawn on ``frame`` in place."""
     import cv2
 
-    from ..predict import COLORS, Face, draw_faces
+    from ..predict import COLORS, draw_faces
 
-    draw_faces(frame, [Face(f.box, f.emotion, f.confidence, f.probabilities) for f in faces], CLASSES, bars)
+    draw_faces(frame, faces, CLASSES, bars)
     h, w = frame.shape[:2]
     unit = max(1.0, min(h, w) / 480)
     for f in faces:

@@ -20,7 +20,7 @@ from ..data import DataError
 from ..preprocess import CLASSES
 
 if TYPE_CHECKING:
-    from .processor import TrackedFace
+    from ..predict import Face
 
 
 class VideoError(DataError):
@@ -198,7 +198,7 @@ CSV_COLUMNS = ["frame", "time_s", "track_id", "x", "y", "w", "h", "detected", "e
                *[f"p_{c}" for c in CLASSES]]
 
 
-def _csv_rows(index: int, t: float, faces: list[TrackedFace]) -> list[list[Any]]:
+def _csv_rows(index: int, t: float, faces: list[Face]) -> list[list[Any]]:
     return [[index, f"{t:.3f}", f.track_id, *f.box, int(f.detected), f.emotion, f"{f.confidence:.4f}",
              *[f"{f.probabilities[c]:.4f}" for c in CLASSES]] for f in faces]
 

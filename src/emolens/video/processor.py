@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..predict import Face
 from ..preprocess import CLASSES, preprocess
 from .crops import clip_box
 from .smoothing import Smoother, encoder_for_classifier, make_smoother
 from .tracking import Tracker
 
 
-@dataclass
-class TrackedFace:
-    """One face on one frame: track id, box (x, y, w, h) ints, smoothed emotion and probabilities."""
-
-    track_id: int
-    box: tuple[int, int, int, int]
-    emotion: str
-    confidence: float
-    probabilities: dict[str, float]
-    detected: bool = True  # box from this frame's detector (else moved by the tracker)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"track_id": self.track_id, "box": list(self.box), "emotion": self.emotion,
-                "confidence": round(self.confidence, 4),
-                "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()}, "detected": self.detected}
-
-
 class VideoProcessor:
-    """Frames in, :class:`TrackedFace` lists out (one call per frame, in order).
+    """Frames in, :class:`~emolens.predict.Face` lists out, each with its ``track_id`` (one call per frame, in order).
 
     Detection runs every ``detect_every`` frames (the detector is by far the slowest part, and a tracked face
     moves little in a tenth of a second) on the frame as it is: the detector scales it to its own input
@@ -132,7 +115,7 @@ class VideoProcessor:
             out.append(preprocess(square_crop(frame, tuple(int(round(v)) for v in b), self.margin, a), "bgr"))
         return np.stack(out) if out else np.zeros((0, 48, 48), np.uint8)
 
-    def process(self, frame: np.ndarray) -> list[TrackedFace]:
+    def process(self, frame: np.ndarray) -> list[Face]:
         """Track and label the faces of the next frame (BGR)."""
         h, w = frame.shape[:2]
         if frame.ndim == 2:
@@ -165,9 +148,9 @@ class VideoProcessor:
         out = []
         for i, t in enumerate(tracks):
             p = np.asarray(self.smoother.update(t.id, probs[i], None if emb is None else emb[i]), np.float64)
-            out.append(TrackedFace(t.id, tuple(int(round(v)) for v in boxes[i]), CLASSES[int(p.argmax())],
-                                   float(p.max()), {c: float(v) for c, v in zip(CLASSES, p, strict=True)},
-                                   t.detected))
+            out.append(Face(tuple(int(round(v)) for v in boxes[i]), CLASSES[int(p.argmax())], float(p.max()),
+                            {c: float(v) for c, v in zip(CLASSES, p, strict=True)}, track_id=int(t.id),
+                            detected=bool(t.detected)))
         self.timing["classify"] += t2 - t1
         self.timing["smooth"] += time.perf_counter() - t2
         self.timing["faces"] += len(tracks)
