@@ -1,0 +1,136 @@
+"""``emolens bench predict``: the classifier per runtime (torch, ONNX fp32, ONNX int8) at batch 1 and batched,
+with and without TTA, what ``EmotionRecognizer()`` runs out of the box, and the face detectors per 640x480 frame."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import calibration_faces, sample_faces, sample_frame, time_call
+
+
+def bench_classifier(clf, tta: str, batch: int = 64, min_time: float = 1.0) -> dict[str, float]:
+    """ms per face at batch 1 and faces/s at ``batch`` for a :class:`emolens.runtime.Classifier`."""
+    faces = sample_faces(batch)
+    one = time_call(lambda: clf.predict_proba(faces[:1], tta=tta), min_time)
+    many = time_call(lambda: clf.predict_proba(faces, tta=tta, batch_size=batch), min_time)
+    return {"ms_per_face_b1": 1000 * one, "faces_per_s": batch / many}
+
+
+def bench_detectors(names: list[str] | None = None, min_time: float = 1.0) -> list[dict[str, Any]]:
+    """ms per 640x480 frame and faces found, for each detector that is installed."""
+    from ..faces import DetectorError, available_detectors, create_detector
+
+    frame = sample_frame()
+    rows = []
+    for name in names or available_detectors():
+        try:
+            det = create_detector(name)
+        except DetectorError as e:
+            rows.append({"detector": name, "error": str(e)})
+            continue
+        found = len(det.detect(frame))
+        rows.append({"detector": name, "ms_per_frame": 1000 * time_call(lambda d=det: d.detect(frame), min_time),
+                     "faces": found})
+    return rows
+
+
+def _threads() -> dict[str, int]:
+    out = {"cpus": os.cpu_count() or 0}
+    try:
+        import torch
+
+        out["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return out
+
+
+def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[str, ...] = ("flip", "none"),
+                  threads: int = 0, min_time: float = 1.0, detectors: list[str] | None = None) -> dict[str, Any]:
+    """The classifier under every runtime available (torch needs the ``.pt`` twin of the model; int8 is made
+    here in a temporary folder) with each TTA mode, and the detectors. Returns {"classifier": rows,
+    "detectors": rows, "threads": {...}, "batch": batch}."""
+    from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path
+
+    if threads:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+    model = Path(model) if model is not None else None
+    onnx_path = default_model_path("onnx") if model is None else model if model.suffix == ".onnx" else None
+    pt_path = default_model_path("pt") if model is None else model if model.suffix == ".pt" else None
+    if model is not None and onnx_path is None and pt_path is None:
+        raise ModelError(f"{model}: give a .onnx or .pt model")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx_path is None and pt_path is not None and pt_path.exists():
+            from ..export import export_onnx
+
+            onnx_path = Path(export_onnx(pt_path, Path(tmp) / "model.onnx")["path"])
+        clfs: list[tuple[str, Callable[[], Any]]] = []
+        if pt_path is not None and pt_path.exists():
+            clfs.append(("torch fp32", lambda: TorchClassifier(pt_path)))
+        if onnx_path is not None and onnx_path.exists():
+            from ..export import quantize_int8
+
+            int8 = quantize_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration_faces())
+            clfs.append(("onnx fp32", lambda: OnnxClassifier(onnx_path, threads)))
+            clfs.append(("onnx int8", lambda: OnnxClassifier(int8, threads)))
+        if not clfs:
+            raise ModelError(f"{model or default_model_path('onnx')}: no such model file")
+        for name, make in clfs:
+            try:
+                clf = make()
+            except (ImportError, ModelError) as e:
+                rows.append({"runtime": name, "error": str(e)})
+                continue
+            for tta in ttas:
+                rows.append({"runtime": name, "tta": tta, **bench_classifier(clf, tta, batch, min_time)})
+    default = bench_default(batch, threads, min_time) if model is None else None
+    return {"classifier": rows, "detectors": bench_detectors(detectors, min_time), "threads": _threads(),
+            "batch": batch, "onnx_threads": threads or "default (all cores)", "default": default}
+
+
+def bench_default(batch: int = 64, threads: int = 0, min_time: float = 1.0) -> dict[str, Any]:
+    """faces/s of exactly what ``EmotionRecognizer()`` and ``emolens predict`` classify with out of the box
+    (shipped model, default runtime and TTA), on ``batch`` faces at a time."""
+    from ..predict import EmotionRecognizer
+    from ..runtime import read_onnx_metadata
+
+    clf = EmotionRecognizer(detect=False, threads=threads)
+    session = getattr(clf.classifier, "session", None)
+    meta = read_onnx_metadata(session) if session is not None else {}
+    precision = "int8" if "quantization" in meta else "fp32"
+    return {"runtime": clf.classifier.runtime, "precision": precision, "tta": clf.tta,
+            **bench_classifier(clf.classifier, clf.tta, batch, min_time)}
+
+
+def format_predict(result: dict[str, Any]) -> str:
+    """Plain-text tables of :func:`bench_predict`'s result (pasteable in a README)."""
+    th = result["threads"]
+    lines = [f"CPU cores: {th['cpus']}; torch threads: {th.get('torch', '-')}; onnxruntime intra-op threads: "
+             f"{result['onnx_threads']}", "",
+             f"| runtime | TTA | ms/face (batch 1) | faces/s (batch {result['batch']}) |", "|---|---|---:|---:|"]
+    for r in result["classifier"]:
+        if "error" in r:
+            lines.append(f"| {r['runtime']} | - | {r['error']} | |")
+        else:
+            lines.append(f"| {r['runtime']} | {r['tta']} | {r['ms_per_face_b1']:.2f} | {r['faces_per_s']:.0f} |")
+    d = result.get("default")
+    if d:
+        lines += ["", f"default ({d['runtime']} {d['precision']}, tta {d['tta']}): {d['faces_per_s']:.0f} faces/s "
+                      f"at batch {result['batch']}"]
+    lines += ["", "| detector | ms per 640x480 frame | faces found |", "|---|---:|---:|"]
+    for r in result["detectors"]:
+        if "error" in r:
+            lines.append(f"| {r['detector']} | {r['error']} | |")
+        else:
+            lines.append(f"| {r['detector']} | {r['ms_per_frame']:.1f} | {r['faces']} |")
+    return "\n".join(lines)
