@@ -394,8 +394,8 @@ def test_face_leaving_the_frame_for_under_a_second_keeps_its_track(image_model):
 
 
 def test_video_processor_takes_its_parts_explicitly(image_model):
-    """Classifier, detector and crop settings are the processor's own; a recognizer passed whole (as serve and
-    cluster do) or through from_recognizer gives the same parts."""
+    """Classifier, detector and crop settings are the processor's own; from_recognizer (as serve and cluster
+    build it) takes the recognizer's parts."""
     from emolens.faces import create_detector
     from emolens.predict import EmotionRecognizer
     from emolens.runtime import load_classifier
@@ -406,9 +406,9 @@ def test_video_processor_takes_its_parts_explicitly(image_model):
     assert proc.classifier is clf and proc.face_detector is det and proc.margin == 0.3 and not proc.align
     assert VideoProcessor(clf, det, smooth="none").margin == det.margin  # None: the detector's own margin
     rec = EmotionRecognizer(model=str(image_model), runtime="torch", tta="none", margin=0.25)
-    for p in (VideoProcessor(rec, smooth="ema"), VideoProcessor.from_recognizer(rec, smooth="ema")):
-        assert p.classifier is rec.classifier and p.face_detector is rec.detector and p.margin == 0.25 and p.align
+    p = VideoProcessor.from_recognizer(rec, smooth="ema")
+    assert p.classifier is rec.classifier and p.face_detector is rec.detector and p.margin == 0.25 and p.align
     frame = np.full((240, 320, 3), 60, np.uint8)
     assert proc.process(frame) == [] and proc.crops(frame, np.array([[100, 60, 80, 80]])).shape == (1, 48, 48)
-    with pytest.raises(TypeError, match="face_detector"):
-        VideoProcessor(clf)
+    with pytest.raises(TypeError, match="face_detector.*from_recognizer"):
+        VideoProcessor(clf, None)

@@ -400,7 +400,7 @@ def run_video_job(job: VideoJob, settings: dict[str, Any], threads: int = 1) -> 
         notes: list[str] = []
         rec = EmotionRecognizer(model=proc_kw.pop("model", None), runtime=proc_kw.pop("runtime", "auto"),
                                 detector=proc_kw.pop("detector", "auto"), tta="none", threads=threads)
-        proc = VideoProcessor(rec, warn=notes.append, **proc_kw)
+        proc = VideoProcessor.from_recognizer(rec, warn=notes.append, **proc_kw)
         res = process_video(job.source, job.folder / VIDEO_OUTPUTS["video"] if settings.get("annotate") else None,
                             job.folder / VIDEO_OUTPUTS["csv"], job.folder / VIDEO_OUTPUTS["plot"], processor=proc,
                             max_frames=int(settings.get("max_frames", 0)), progress=False,

@@ -30,17 +30,13 @@ class Engine:
 
     def new_video_processor(self):
         """A fresh tracker + smoother for one live stream (ids start at 1, no history)."""
-        from ..video import EmaSmoother, Smoother, TemporalSmoother, VideoProcessor, frame_encoder_for, make_smoother
+        from ..video import VideoProcessor, frame_encoder_for, make_smoother
 
         if self._smoother is None:
             self._smoother = make_smoother(self.smooth, frame_encoder_for(self.recognizer), warn=log.warning)
         # Detect on every frame: frames arrive at the client's pace and some are dropped, so the motion
         # model has less to go on than in a video file.
-        proc = VideoProcessor(self.recognizer, smooth="none", detect_every=1)
-        t = self._smoother
-        proc.smoother = (TemporalSmoother(t.head) if isinstance(t, TemporalSmoother)
-                         else EmaSmoother(t.alpha) if isinstance(t, EmaSmoother) else Smoother())
-        return proc
+        return VideoProcessor.from_recognizer(self.recognizer, detect_every=1, smoother=self._smoother.new())
 
     def stream_smoothing(self) -> str:
         return getattr(self._smoother, "name", self.smooth)

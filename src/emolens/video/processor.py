@@ -32,20 +32,15 @@ class VideoProcessor:
     :class:`emolens.predict.EmotionRecognizer` with :meth:`from_recognizer` (passing the recognizer as
     ``classifier`` does the same), or from model and detector names with :meth:`create`."""
 
-    def __init__(self, classifier, face_detector=None, *, margin: float | None = None, align: bool = True,
+    def __init__(self, classifier, face_detector, *, margin: float | None = None, align: bool = True,
                  smooth: str = "auto", temporal_model: str | None = None, ema: float = 0.3, detect_every: int = 3,
                  detect_width: int = 0, max_misses: int = 5, min_hits: int = 3, max_faces: int = 20,
                  reid_frames: int = 30, smoother: Smoother | None = None, warn: Callable[[str], None] | None = None):
         if detect_every < 1:
             raise ValueError("detect_every must be at least 1")
-        if face_detector is None:
-            from ..predict import EmotionRecognizer
-
-            if not isinstance(classifier, EmotionRecognizer):
-                raise TypeError("VideoProcessor needs a face_detector (or an EmotionRecognizer as its classifier)")
-            # the recognizer form (as emolens.serve and emolens.cluster pass it): its classifier, detector, crops
-            rec = classifier
-            classifier, face_detector, margin, align = rec.classifier, rec.detector, rec.margin, rec.align
+        if not hasattr(face_detector, "detect_faces"):
+            raise TypeError("VideoProcessor needs a classifier and a face_detector; from an EmotionRecognizer: "
+                            "VideoProcessor.from_recognizer(rec)")
         self.classifier = classifier
         self.face_detector = face_detector
         self.margin = face_detector.margin if margin is None else margin  # the detector's matches FER2013 framing
