@@ -4,7 +4,6 @@ together. Torch is imported inside the functions that need it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +67,11 @@ def export_temporal_onnx(model, path: str | Path, encoder_ref: dict, metrics: di
     import io
     import warnings
 
-    import onnx
-    import onnxruntime as ort
     import torch
 
     from ..checkpoint import atomic_write_bytes
+    from ..export import write_metadata
+    from ..runtime import onnx_session
 
     class Head(torch.nn.Module):
         def __init__(self, m):
@@ -92,16 +91,12 @@ def export_temporal_onnx(model, path: str | Path, encoder_ref: dict, metrics: di
         torch.onnx.export(head, (x,), buf, input_names=["embeddings"], output_names=["logits"], opset_version=17,
                           dynamic_axes={"embeddings": {0: "batch", 1: "frames"}, "logits": {0: "batch", 1: "frames"}},
                           dynamo=False)
-    proto = onnx.load_from_string(buf.getvalue())
-    meta = {"emolens.format": TEMPORAL_FORMAT, "emolens.classes": list(CLASSES),
-            "emolens.model": {"name": model.model_name, "kwargs": model.model_kwargs},
-            "emolens.encoder": encoder_ref, "emolens.sequence": {"window": window, "embed_dim": model.frame_dim},
-            "emolens.metrics": metrics}
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, json.dumps(v)
-    data = proto.SerializeToString()
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    meta = {"format": TEMPORAL_FORMAT, "classes": list(CLASSES),
+            "model": {"name": model.model_name, "kwargs": model.model_kwargs},
+            "encoder": encoder_ref, "sequence": {"window": window, "embed_dim": model.frame_dim},
+            "metrics": metrics}
+    data = write_metadata(buf.getvalue(), meta)
+    sess = onnx_session(data)
     for shape in ((2, window), (1, 5)):
         e = torch.randn(*shape, model.frame_dim)
         with torch.inference_mode():

@@ -5,7 +5,6 @@ numpy and ONNX Runtime alone."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -163,25 +162,18 @@ class TemporalHead:
 
 class OnnxTemporalHead(TemporalHead):
     def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
-
-        from ..runtime import ModelError
+        from ..runtime import ModelError, onnx_session, read_onnx_metadata
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such temporal model file")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(self.path, threads)
         except Exception as e:  # onnxruntime has its own exception types
             raise ModelError(f"{self.path}: not a usable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("emolens.format") != json.dumps(TEMPORAL_FORMAT):
+        self.meta = read_onnx_metadata(self.session)
+        if self.meta.get("format") != TEMPORAL_FORMAT:
             raise ModelError(f"{self.path}: not an emolens temporal model (no '{TEMPORAL_FORMAT}' metadata)")
-        self.meta = {k.split(".", 1)[1]: json.loads(v) for k, v in meta.items() if k.startswith("emolens.")}
         self.window = int(self.meta["sequence"]["window"])
         self.dim = int(self.session.get_inputs()[0].shape[-1])
         self.input_name = self.session.get_inputs()[0].name
