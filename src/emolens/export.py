@@ -16,6 +16,7 @@ import json
 import logging
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .results import Result
 from .runtime import META_KEYS, WEIGHTS_KEY, ModelError, onnx_graph_sha256, onnx_session, read_onnx_metadata, softmax
 
 FORMAT = "emolens-onnx"
@@ -243,13 +245,39 @@ def int8_with_accuracy_check(onnx_path: str | Path, out: str | Path, data: str |
     return {"int8_path": str(out), "int8_size_bytes": out.stat().st_size, **scores}
 
 
+@dataclass(frozen=True)
+class ExportResult(Result):
+    """What :func:`export_onnx` wrote: the ONNX file, its checks, and the int8 variant when asked for."""
+
+    path: str
+    size_bytes: int
+    opset: int
+    max_abs_diff: float | None = None  # torch vs ONNX Runtime probabilities (None: not checked)
+    int8_path: str | None = None
+    int8_size_bytes: int | None = None
+    public_acc_fp32: float | None = None  # with int8: PublicTest accuracy of both, and how many images
+    public_acc_int8: float | None = None
+    public_images: int | None = None
+
+
+@dataclass(frozen=True)
+class ShipResult(Result):
+    """The shipped pair written by :func:`ship`."""
+
+    pt: str
+    onnx: str
+    max_abs_diff: float | None
+    sizes: dict[str, int]  # file name -> bytes
+    total_bytes: int
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
                 check: bool = True, quantize: bool = False, tolerance: float = TOLERANCE,
                 data: str | Path | None = None, max_drop: float = INT8_MAX_DROP) -> dict[str, Any]:
     """Export a ``.pt`` checkpoint to ONNX (``out`` default: beside it, ``.onnx``); with ``check``, fail when
     torch and ONNX Runtime probabilities differ by more than ``tolerance``; with ``quantize``, also write
     ``<out stem>.int8.onnx`` (calibrated on FER2013 ``data``, kept only within ``max_drop`` of fp32's PublicTest
-    accuracy). Returns {path, size_bytes, opset, max_abs_diff, int8_path, int8_size_bytes[, public_acc_*]}."""
+    accuracy). Returns an :class:`ExportResult`."""
     from .outputs import check_outputs
 
     checkpoint = Path(checkpoint)
@@ -264,24 +292,21 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     size = int(ckpt.get("preprocess", {}).get("input_size", 48))
     graph = write_metadata(onnx_bytes(model, opset, size), _metadata(ckpt, file_sha256(checkpoint)))
     atomic_write_bytes(out, graph)
-    result: dict[str, Any] = {"path": str(out), "size_bytes": out.stat().st_size, "opset": opset,
-                              "max_abs_diff": None, "int8_path": None, "int8_size_bytes": None}
+    diff = None
     if check:
         diff = compare_torch_onnx(model, out, input_size=size)
-        result["max_abs_diff"] = diff
         if not diff <= tolerance:
             out.unlink(missing_ok=True)
             raise ExportError(f"{out}: ONNX Runtime and torch disagree (max |dp| = {diff:.2e} > {tolerance:g}); "
                               "file removed")
-    if quantize:
-        result.update(int8_with_accuracy_check(out, out.with_name(out.stem + ".int8.onnx"), data, max_drop))
-    return result
+    int8 = int8_with_accuracy_check(out, out.with_name(out.stem + ".int8.onnx"), data, max_drop) if quantize else {}
+    return ExportResult(str(out), out.stat().st_size, opset, diff, **int8)
 
 
 def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_lstm") -> dict[str, Any]:
     """The shipped files from a training run's ``best.pt``: ``<name>.pt`` (fp16 weights, no optimizer state,
     config/metrics/history kept) and ``<name>.onnx`` exported from the same fp16-rounded weights, so torch and
-    ONNX agree. Returns {pt, onnx, max_abs_diff, sizes, total_bytes}."""
+    ONNX agree. Returns a :class:`ShipResult`."""
     from .outputs import check_outputs
 
     best_pt, weights_dir = Path(best_pt), Path(weights_dir)
@@ -303,6 +328,5 @@ def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_
     pt = weights_dir / f"{name}.pt"
     save_checkpoint(slim, pt)
     result = export_onnx(pt, weights_dir / f"{name}.onnx")
-    sizes = {pt.name: pt.stat().st_size, Path(result["path"]).name: result["size_bytes"]}
-    return {"pt": str(pt), "onnx": result["path"], "max_abs_diff": result["max_abs_diff"], "sizes": sizes,
-            "total_bytes": sum(sizes.values())}
+    sizes = {pt.name: pt.stat().st_size, Path(result.path).name: result.size_bytes}
+    return ShipResult(str(pt), result.path, result.max_abs_diff, sizes, sum(sizes.values()))
