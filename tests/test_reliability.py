@@ -160,7 +160,7 @@ def test_the_guard_works_on_the_h11_protocol_too(model_dir, photo):
 
 
 def test_bench_serve_reports_latency_during_a_slow_client_attack(server):
-    from emolens.serve import bench_serve, format_bench
+    from emolens.bench import bench_serve, format_bench
 
     r = bench_serve(server.url, clients=1, seconds=2.5, slow_clients=40)
     assert r["slow_clients"] == 40 and r["slow_opened"] >= 40

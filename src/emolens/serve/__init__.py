@@ -16,7 +16,8 @@ Images are decoded in memory and never written anywhere.
 
 Modules: ``schemas`` (limits, errors, pydantic models), ``inputs`` (request bodies and images), ``security``
 (API key, Host check, admission, slow-client guard), ``engine`` (the recognizer), ``stream`` (``/v1/stream``),
-``app`` (``create_app``), ``server`` (``serve`` and uvicorn settings). The load test is in :mod:`emolens.bench`.
+``app`` (``create_app``), ``server`` (``serve`` and uvicorn settings). The load test (``bench_serve``) is in
+:mod:`emolens.bench`.
 Everything public is importable from ``emolens.serve`` itself.
 
 Example::
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bench import bench_image, bench_serve, format_bench  # the load test lives in emolens.bench
 from .app import WEB_DIR, create_app
 from .engine import Engine, load_recognizer
 from .inputs import (
@@ -80,8 +80,8 @@ __all__ = [
     "ApiError", "BatchJSON", "BatchOut", "Detector", "Engine", "ErrorDetail", "ErrorOut", "FaceOut",
     "HeadTimeoutMixin", "HealthOut", "ImageJSON", "ImageResult", "ImageSize", "Limits", "ModelOut", "ModelRef",
     "PredictOut", "ServeOptions", "Tta",
-    "app_from_env", "bench_image", "bench_serve", "check_api_key", "create_app", "decode_base64", "decode_image",
-    "format_bench", "free_port", "host_name", "image_format", "image_size", "is_local_host", "load_recognizer",
+    "app_from_env", "check_api_key", "create_app", "decode_base64", "decode_image",
+    "free_port", "host_name", "image_format", "image_size", "is_local_host", "load_recognizer",
     "loads_json", "local_server", "parse_multipart", "read_body", "read_images", "serve", "server_config",
     "server_settings",
 ]

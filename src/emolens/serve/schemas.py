@@ -42,10 +42,9 @@ Tta = Literal["none", "flip", "crops"]
 
 
 def _detector_names() -> tuple[str, ...]:
-    try:
-        from ..faces import list_detectors
-    except ImportError:  # pragma: no cover - only while emolens.faces is being written
-        return ("auto",)
+    """Every detector emolens knows (the ``detector`` query option's choices); a broken import fails loudly."""
+    from ..faces import list_detectors
+
     return tuple(list_detectors())
 
 
