@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from . import __version__
+from .runtime import TTA_CHOICES
 
 
 class UsageError(Exception):
@@ -59,7 +60,7 @@ def _add_predict(sub) -> None:
                    help="your own face boxes instead of detection: JSON [[x, y, w, h], ...] (every image) or "
                         "{\"photo.jpg\": [[x, y, w, h], ...]}, or CSV with columns x,y,w,h (and path), such as "
                         "a predictions.csv; an image not in the file has no faces")
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip", help="test-time augmentation")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="flip", help="test-time augmentation")
     p.add_argument("--no-detect", action="store_true",
                    help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
@@ -385,7 +386,7 @@ def _add_evaluate(sub) -> None:
                    help=".onnx or .pt model (default: the shipped model); repeat to compare models")
     p.add_argument("--sha256", action="append", default=None, metavar="HEX",
                    help="expected sha256 of each --model, in the same order; a mismatch is an error")
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default="flip",
+    p.add_argument("--tta", choices=TTA_CHOICES, default="flip",
                    help="test-time augmentation: none, flip (default: the face and its mirror) or crops (10 views)")
     p.add_argument("--out", default=None,
                    help="new or empty folder for the outputs (default: runs/evaluate/<time>; never overwritten)")
@@ -696,7 +697,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--model", default=None, help=".onnx or .pt model (default: the shipped one)")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="inference runtime")
     p.add_argument("--detector", default="auto", help="default face detector (a request may choose another)")
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default="none",
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="default test-time augmentation (a request may choose another)")
     p.add_argument("--smooth", choices=["auto", "temporal", "ema", "none"], default="auto",
                    help="label smoothing per tracked face in the live stream (auto: temporal model if shipped)")
@@ -743,7 +744,7 @@ def _add_bench_serve(bsub) -> None:
     p.add_argument("--url", default=None, help="server to load (default: start a local one)")
     p.add_argument("--image", default=None, help="image to send (default: the packaged astronaut photo)")
     p.add_argument("--api-key", default=None, help="API key to send (default: env EMOLENS_API_KEY)")
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default=None, help="TTA query option")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=None, help="TTA query option")
     p.add_argument("--model", default=None, help="model for the local server (default: the shipped one)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the local server")
     p.add_argument("--slow-clients", type=int, default=0, metavar="N",

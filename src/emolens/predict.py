@@ -29,7 +29,7 @@ from .decode import check_size as _check_size
 from .decode import pil_to_array as _pil_to_array
 from .faces import Box, Detection, FaceDetector, create_detector, face_crops
 from .preprocess import INPUT_SIZE, preprocess
-from .runtime import load_classifier
+from .runtime import TTA_CHOICES, load_classifier
 
 ImageInput = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray
 
@@ -181,8 +181,8 @@ class EmotionRecognizer:
                  tta: str = "flip", detect: bool = True, margin: float | None = None, align: bool = True,
                  threads: int = 0,
                  device: str = "cpu", max_pixels: int = MAX_PIXELS):
-        if tta not in ("none", "flip", "crops"):
-            raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+        if tta not in TTA_CHOICES:
+            raise ValueError(f"unknown TTA mode {tta!r}: use one of {', '.join(TTA_CHOICES)}")
         self.classifier = load_classifier(model, runtime, threads=threads, device=device)
         self.classes: tuple[str, ...] = tuple(self.classifier.classes)
         self.tta, self.detect_faces_default = tta, detect

@@ -35,6 +35,11 @@ def default_model_path(kind: Literal["onnx", "pt"] = "onnx") -> Path:
     return WEIGHTS_DIR / f"{DEFAULT_MODEL}.{kind}"
 
 
+#: the test-time augmentation modes, defined once: the CLI's --tta choices and every check use this; the
+#: ``TTA`` Literal above and ``emolens.serve.schemas.Tta`` are tested to equal it (tests/test_choices.py)
+TTA_CHOICES: tuple[str, ...] = ("none", "flip", "crops")
+
+
 def tta_views(faces: np.ndarray, tta: str = "none") -> list[np.ndarray]:
     """(N, 48, 48) uint8 -> list of views to average: none = [x]; flip = [x, mirrored x];
     crops = the five 44x44 crops (corners + centre) resized back to 48 plus their mirrors (10 views)."""
@@ -53,7 +58,7 @@ def tta_views(faces: np.ndarray, tta: str = "none") -> list[np.ndarray]:
                                         interpolation=cv2.INTER_LINEAR) for f in faces]) if len(faces) else faces
             views += [crop, crop[:, :, ::-1]]
         return views
-    raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+    raise ValueError(f"unknown TTA mode {tta!r}: use one of {', '.join(TTA_CHOICES)}")
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
