@@ -155,7 +155,7 @@ def test_to_dataframe_without_pandas_says_so(monkeypatch):
 def test_table_fits_80_columns():
     from rich.console import Console
 
-    from emolens.cli import _print_faces
+    from emolens.cli.photos import _print_faces
 
     faces = [_face((1024, 2048, 1536, 1536), "neutral", 1.0), _face((12, 3000, 999, 999), "surprise", 0.394)]
     console = Console(width=80, record=True, force_terminal=False)

@@ -1,12 +1,16 @@
-"""Typed results of the API's verbs (export, ship, dataset statistics, ...): dataclasses with attributes and
-``to_dict()``, which also read like the plain dicts they replaced (``r["path"]``), so scripts written against
-those keep working. Torch-free."""
+"""Typed results of the API: :class:`Face` (one face and its emotion: photos, video, the stream, the API) and
+the results of the verbs (export, ship, ...), dataclasses with attributes and ``to_dict()``; the verbs' results
+also read like the plain dicts they replaced (``r["path"]``), so scripts written against those keep working.
+Torch-free."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from .faces import Box
 
 
 class Result(Mapping):
@@ -38,3 +42,31 @@ class Result(Mapping):
 
     def _names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+
+@dataclass
+class Face:
+    """One face in an image: ``box`` (x, y, w, h) in pixels of that image, the most probable ``emotion``, its
+    ``confidence`` (0-1), ``probabilities`` of every class, and eye ``landmarks`` (x, y) when the detector gives
+    them. In video and the live stream the same type also carries its ``track_id`` (one per person followed,
+    None in photos) and whether this frame's detector found it (``detected``; else the tracker moved the box);
+    the probabilities are then the track's smoothed ones."""
+
+    box: Box
+    emotion: str
+    confidence: float
+    probabilities: dict[str, float]
+    landmarks: dict[str, tuple[float, float]] | None = None
+    track_id: int | None = None
+    detected: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready types; ``track_id`` and ``detected`` only for a tracked face."""
+        d: dict[str, Any] = {
+            "box": [int(v) for v in self.box], "emotion": self.emotion, "confidence": float(self.confidence),
+            "probabilities": {k: float(v) for k, v in self.probabilities.items()},
+            "landmarks": None if self.landmarks is None else
+            {k: [float(v[0]), float(v[1])] for k, v in self.landmarks.items()}}
+        if self.track_id is not None:
+            d.update(track_id=int(self.track_id), detected=bool(self.detected))
+        return d
