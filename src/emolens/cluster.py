@@ -107,12 +107,12 @@ def _recognizer_options(model: str | Path | None, runtime: str, detector: str, t
                         margin: float | None, align: bool, threads: int) -> dict[str, Any]:
     """The EmotionRecognizer arguments, checked here (on the driver) so a typo fails at once, not in every actor."""
     from .faces import DetectorError, list_detectors
-    from .runtime import ModelError
+    from .runtime import TTA_CHOICES, ModelError
 
     if detector not in list_detectors():
         raise DetectorError(f"unknown face detector {detector!r}: use one of {', '.join(list_detectors())}")
-    if tta not in ("none", "flip", "crops"):
-        raise ValueError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown TTA mode {tta!r}: use one of {', '.join(TTA_CHOICES)}")
     if model is not None and not Path(model).is_file():
         raise ModelError(f"{model}: no such model file")
     return {"model": None if model is None else str(model), "runtime": runtime, "detector": detector, "tta": tta,

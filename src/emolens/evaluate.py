@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from .preprocess import CLASSES
+from .runtime import TTA_CHOICES
 
-TTA_MODES = ("none", "flip", "crops")
+TTA_MODES = TTA_CHOICES  # the runtime's, defined once
 ECE_BINS = 15
 #: Below this many discordant pairs McNemar's test uses the exact binomial; above, chi-square with
 #: continuity correction (the approximation is good from about 25 on).
@@ -422,7 +423,7 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
     if not str(data).strip():
         raise EvaluateError("--data is empty: give a Kaggle folder or .zip, a fer2013.csv or a <class>/ folder")
     if tta not in TTA_MODES:
-        raise EvaluateError(f"unknown TTA mode {tta!r}: use none, flip or crops")
+        raise EvaluateError(f"unknown TTA mode {tta!r}: use one of {', '.join(TTA_MODES)}")
     if int(batch_size) < 1:
         raise EvaluateError(f"batch size must be at least 1, got {batch_size}")
     specs = list(model) if isinstance(model, (list, tuple)) else [model]
