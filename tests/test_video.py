@@ -412,3 +412,25 @@ def test_video_processor_takes_its_parts_explicitly(image_model):
     assert proc.process(frame) == [] and proc.crops(frame, np.array([[100, 60, 80, 80]])).shape == (1, 48, 48)
     with pytest.raises(TypeError, match="face_detector.*from_recognizer"):
         VideoProcessor(clf, None)
+
+
+def test_a_video_frame_and_the_same_photo_give_the_same_crop(image_model):
+    """One crop function: the video pipeline (detect, then VideoProcessor.crops with the eye angle) cuts the
+    astronaut's face from a frame exactly as the photo path (face_crops) cuts it from the same image."""
+    from skimage.data import astronaut
+
+    from emolens.faces import create_detector, eye_angle, face_crops
+    from emolens.runtime import load_classifier
+    from emolens.video import VideoProcessor
+
+    img = np.ascontiguousarray(astronaut()[:, :, ::-1])
+    det = create_detector("auto")
+    found = sorted(det.detect_faces(img), key=lambda d: -d.box[2] * d.box[3])  # largest first, as video does
+    assert found and all(d.landmarks for d in found)
+    proc = VideoProcessor(load_classifier(str(image_model), "torch"), det, smooth="none")
+    boxes, angles = proc.detect(img)
+    np.testing.assert_allclose(angles, [eye_angle(d.landmarks) for d in found])
+    video = proc.crops(img, boxes, angles)
+    photo = face_crops(img, found, det.margin, align=True)
+    assert video.shape == photo.shape == (len(found), 48, 48)
+    np.testing.assert_array_equal(video, photo)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -335,9 +335,16 @@ def square_crop(image: np.ndarray, box: Box, margin: float = 0.2, angle: float =
     return cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def crop_face(image: np.ndarray, box: Sequence[float], margin: float = 0.2, angle: float = 0.0,
+              size: int = INPUT_SIZE) -> np.ndarray:
+    """The one crop of the package: (H, W, 3) BGR or (H, W) gray image + a face box (x, y, w, h) -> the
+    (size, size) uint8 classifier input (:func:`square_crop`, then :func:`preprocess`). Photos, video frames,
+    the live stream and sequence training all cut faces here, so the same face gives the same crop."""
+    return preprocess(square_crop(image, tuple(int(round(v)) for v in box), margin, angle), "bgr", size)
+
+
 def face_crops(image: np.ndarray, detections: list[Detection], margin: float = 0.2, align: bool = True,
                size: int = INPUT_SIZE) -> np.ndarray:
-    """(H, W, 3) BGR image + detections -> (N, size, size) uint8 classifier input, through ``preprocess``."""
-    crops = [preprocess(square_crop(image, d.box, margin, eye_angle(d.landmarks) if align else 0.0), "bgr", size)
-             for d in detections]
+    """(H, W, 3) BGR image + detections -> (N, size, size) uint8 classifier input (:func:`crop_face` each)."""
+    crops = [crop_face(image, d.box, margin, eye_angle(d.landmarks) if align else 0.0, size) for d in detections]
     return np.stack(crops) if crops else np.zeros((0, size, size), np.uint8)

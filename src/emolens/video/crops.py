@@ -26,7 +26,7 @@ def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int =
     all is taken to be face crops already, and used whole. ``detector``: a FaceDetector or a name."""
     import cv2
 
-    from ..faces import create_detector, eye_angle, square_crop
+    from ..faces import create_detector, crop_face, eye_angle
 
     det = create_detector(detector or "auto")
     margin = det.margin if margin is None else margin
@@ -52,5 +52,5 @@ def clip_face_crops(frames: list[np.ndarray], detector=None, detect_width: int =
     out = []
     for i, f in enumerate(frames):
         box, angle = per_frame[min(have, key=lambda k: abs(k - i))][main]
-        out.append(preprocess(square_crop(f, tuple(int(round(v)) for v in box), margin, angle), "bgr"))
+        out.append(crop_face(f, box, margin, angle))
     return np.stack(out)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..predict import Face
-from ..preprocess import CLASSES, preprocess
+from ..preprocess import CLASSES
 from .crops import clip_box
 from .smoothing import Smoother, encoder_for_classifier, make_smoother
 from .tracking import Tracker
@@ -102,12 +102,12 @@ class VideoProcessor:
 
     def crops(self, frame: np.ndarray, boxes: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
         """(N, 48, 48) uint8 face crops, cut as the photo path cuts them (square, margin, eyes level)."""
-        from ..faces import square_crop
+        from ..faces import crop_face
 
         out = []
         for i, b in enumerate(boxes):
             a = float(angles[i]) if self.align and angles is not None else 0.0
-            out.append(preprocess(square_crop(frame, tuple(int(round(v)) for v in b), self.margin, a), "bgr"))
+            out.append(crop_face(frame, b, self.margin, a))
         return np.stack(out) if out else np.zeros((0, 48, 48), np.uint8)
 
     def process(self, frame: np.ndarray) -> list[Face]:
