@@ -288,16 +288,6 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             "lr": lr, "train_seconds": time.time() - t0}
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, tta: str = "none", batch_size: int = 512,
-                   amp: bool = True) -> torch.Tensor:
-    """(N, 48, 48) uint8 -> (N, 7) float32 log-probabilities averaged over the TTA views."""
-    if tta not in ("none", "flip"):
-        raise ValueError(f"tta must be 'none' or 'flip', not {tta!r}")
-    plain, flip = _predict_views(model, images, tta == "flip", batch_size, amp)
-    return flip if flip is not None else plain
-
-
 def _predict_views(model: nn.Module, images: torch.Tensor, with_flip: bool, batch_size: int = 512,
                    amp: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(plain, flip-TTA) (N, 7) log-probabilities from one pass: the flip view reuses the plain one."""
@@ -614,6 +604,6 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
     return out
 
 
-__all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "predict_logits", "select_device",
+__all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "select_device",
            "amp_enabled", "cpu_has_fast_bf16", "teacher_probs", "distill_loss", "load_teachers",
            "load_model", "to_input", "augment_batch", "mix_batch", "epoch_seed", "steps_per_epoch"]
