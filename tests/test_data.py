@@ -22,12 +22,11 @@ from emolens.data import (
     CSV_LABELS,
     SPLITS,
     DataError,
-    dataset_stats,
     decode_image,
-    find_duplicates,
     load_dataset,
     resolve_class,
 )
+from emolens.datastats import dataset_stats, find_duplicates
 from emolens.preprocess import CLASSES, preprocess
 
 _USER_CACHE = os.environ.get("EMOLENS_CACHE")

@@ -50,7 +50,7 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------- dataset
-# Figures for ``emolens data stats`` (``emolens.data.dataset_stats``), 300 DPI.
+# Figures for ``emolens data stats`` (``emolens.datastats.dataset_stats``), 300 DPI.
 
 
 def plot_class_distribution(counts: dict[str, dict[str, int]], path: str | Path, title: str = "",

@@ -303,7 +303,7 @@ def _add_data(sub) -> None:
 def _cmd_data(args) -> int:
     from rich.console import Console
 
-    from ..data import dataset_stats, print_stats
+    from ..datastats import dataset_stats, print_stats
 
     stats = dataset_stats(args.data, out=args.out, skip_bad=args.skip_bad, cache=not args.no_cache)
     print_stats(stats, Console())
