@@ -442,3 +442,68 @@ def write_evaluation_html(models: list[dict[str, Any]], comparisons: list[dict[s
                "below 25 such images, chi-square with continuity correction above).</li></ul>"
                '<p class="meta">Everything is embedded in this one file; it reads offline.</p></body></html>')
     atomic_write_bytes(Path(path), "\n".join(out).encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- terminal
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def print_report(result: dict[str, Any], console=None) -> None:
+    """The classification report of ``emolens evaluate`` (one model) or the side-by-side comparison (several)
+    as rich tables."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .preprocess import CLASSES
+
+    console = console or Console()
+    models = result.get("models") or [result]
+    d = models[0]["data"]
+    head = escape(f"{d['path']} [{d['split']}], {d['count']} images, TTA {models[0]['tta']}")
+    for m in models:
+        t = Table(title=escape(f"{m['label'] + ': ' if len(models) > 1 else ''}{m['model']['name']} "
+                               f"({m['model']['file']}, {m['runtime']} on {m['device']}) on ") + head,
+                  title_justify="left")
+        for col in ("class", "precision %", "recall %", "F1 %", "support"):
+            t.add_column(col, justify="left" if col == "class" else "right")
+        for c, v in m["per_class"].items():
+            t.add_row(c, _pct(v["precision"]), _pct(v["recall"]), _pct(v["f1"]), str(v["support"]))
+        t.add_section()
+        t.add_row("accuracy", "", "", _pct(m["accuracy"]), str(m["count"]))
+        t.add_row("macro avg", _pct(m["macro_precision"]), _pct(m["macro_recall"]), _pct(m["macro_f1"]),
+                  str(m["count"]))
+        t.add_row("weighted avg", _pct(m["weighted_precision"]), _pct(m["weighted_recall"]),
+                  _pct(m["weighted_f1"]), str(m["count"]))
+        console.print(t)
+        console.print(f"balanced accuracy {_pct(m['balanced_accuracy'])}%  top-2 {_pct(m['top2_accuracy'])}%  "
+                      f"ECE {_pct(m['ece'])}%  NLL {m['nll']:.3f}  predict {m['seconds']['predict']:.1f} s "
+                      f"({m['images_per_second']} img/s)", markup=False, highlight=False)
+    for comp in result.get("comparisons", []):
+        a = next(m for m in models if m["label"] == comp["a"])
+        b = next(m for m in models if m["label"] == comp["b"])
+        t = Table(title=f"{comp['a']} vs {comp['b']} on the same {d['count']} images", title_justify="left")
+        for col in ("metric", f"{comp['a']} %", f"{comp['b']} %", f"{comp['b']} - {comp['a']} (points)"):
+            t.add_column(col, justify="left" if col == "metric" else "right")
+        for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                          ("macro_f1", "macro F1"), ("top2_accuracy", "top-2 accuracy"), ("ece", "ECE")):
+            t.add_row(name, _pct(a[key]), _pct(b[key]), f"{100 * comp['difference'][key]:+.1f}")
+        t.add_section()
+        for c in CLASSES:
+            t.add_row(f"recall {c}", _pct(a["per_class"][c]["recall"]), _pct(b["per_class"][c]["recall"]),
+                      f"{100 * comp['recall_difference'][c]:+.1f}")
+        console.print(t)
+        console.print(mcnemar_sentence(comp), markup=False, highlight=False)
+
+
+def mcnemar_sentence(comp: dict[str, Any]) -> str:
+    """One line a person can act on: the discordant counts, the p-value and what it means."""
+    t = comp["mcnemar"]
+    verdict = (f"significant at {comp['alpha']:g}: {comp['b'] if t['c'] > t['b'] else comp['a']} is better "
+               "beyond chance" if comp["significant"]
+               else f"not significant at {comp['alpha']:g}: the difference may be noise")
+    return (f"McNemar ({t['method']}): only {comp['a']} right on {t['b']} images, only {comp['b']} right on "
+            f"{t['c']}; p = {t['p_value']:.4g}, {verdict}")

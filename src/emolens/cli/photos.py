@@ -345,7 +345,8 @@ def _cmd_evaluate(args) -> int:
     from rich.console import Console
 
     from ..data import default_data_path
-    from ..evaluate import EvaluateError, evaluate, print_report
+    from ..evaluate import EvaluateError, evaluate
+    from ..reports import print_report
 
     console = Console()
     models = args.model or [None]
