@@ -62,3 +62,20 @@ def test_tta_views_per_mode(tta, views):
 def test_tta_views_rejects_anything_else(tta):
     with pytest.raises(ValueError, match="unknown TTA mode.*none, flip, crops"):
         tta_views(np.zeros((1, 48, 48), np.uint8), tta)
+
+
+def test_resolve_device_answers_without_torch(monkeypatch):
+    """The torch-free device helper: cpu is always there; without torch "auto" is the CPU and a GPU asked for
+    by name is a clear error, not an ImportError."""
+    import sys
+
+    from emolens.runtime import ModelError, resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ModelError, match="unknown device"):
+        resolve_device("tpu")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on the light install
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ModelError, match="needs PyTorch"):
+        resolve_device("cuda:0")

@@ -203,13 +203,15 @@ def _resolve_device(runtime: str, device: str) -> str:
             raise EvaluateError(f"device {device!r} needs the torch runtime (--runtime torch and a .pt model); "
                                 "the ONNX runtime here runs on the CPU")
         return "cpu"
+    from .runtime import ModelError, resolve_device
+
     try:
-        from .train import select_device
+        import torch  # noqa: F401
     except ImportError:
         raise EvaluateError("the torch runtime needs PyTorch: pip install 'emolens[train]'") from None
     try:
-        return str(select_device(device))
-    except RuntimeError as e:
+        return resolve_device(device)
+    except ModelError as e:
         raise EvaluateError(str(e)) from None
 
 

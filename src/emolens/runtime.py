@@ -105,6 +105,32 @@ def onnx_graph_sha256(data: bytes) -> str:
     return h.hexdigest()
 
 
+def resolve_device(name: str = "auto") -> str:
+    """The device a torch model runs on, as a string: "auto" is "cuda" where PyTorch sees a CUDA GPU, else
+    "cpu"; "cuda" / "cuda:N" must exist. Importable and usable without torch (then only the CPU exists), so the
+    light install can answer; training and the torch runtime turn the answer into a ``torch.device``."""
+    name = (name or "auto").strip().lower()
+    if name == "cpu":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        if name == "auto":
+            return "cpu"
+        raise ModelError(f"device {name!r} needs PyTorch with CUDA; without it only the CPU is used") from None
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {name} requested but no CUDA GPU is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {name} requested but only {torch.cuda.device_count()} CUDA GPU(s) are present")
+    return str(dev)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)

@@ -32,13 +32,14 @@ from .preprocess import CLASSES, MEAN, STD
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present, else CPU. Never call ``.cuda()`` elsewhere."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but no CUDA GPU is available; use --device cpu")
-    return dev
+    """:func:`emolens.runtime.resolve_device` as a ``torch.device`` ("auto": CUDA when present, else CPU).
+    Never call ``.cuda()`` elsewhere. RuntimeError when the device asked for does not exist."""
+    from .runtime import ModelError, resolve_device
+
+    try:
+        return torch.device(resolve_device(name))
+    except ModelError as e:
+        raise RuntimeError(str(e)) from None
 
 
 def seed_everything(seed: int) -> None:
