@@ -79,3 +79,17 @@ def test_resolve_device_answers_without_torch(monkeypatch):
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ModelError, match="needs PyTorch"):
         resolve_device("cuda:0")
+
+
+def test_smoothing_choices_are_defined_once():
+    from emolens.cli import build_parser
+    from emolens.runtime import SMOOTH_CHOICES
+    from emolens.video import make_smoother
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    for verb in ("video", "webcam", "serve"):
+        (opt,) = [a for a in verbs[verb]._actions if "--smooth" in a.option_strings]
+        assert tuple(opt.choices) == SMOOTH_CHOICES, verb
+    with pytest.raises(ValueError, match="use one of auto, temporal, ema, none"):
+        make_smoother("kalman", None)

@@ -3,6 +3,8 @@ options and checks that several verbs take (the Ray engine, video processing, th
 
 from __future__ import annotations
 
+from ..runtime import SMOOTH_CHOICES
+
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; printed as one line, exit code 2."""
@@ -66,7 +68,7 @@ def _add_video_options(p) -> None:
     g.add_argument("--model", default=None, help=".onnx or .pt image model (default: the shipped one)")
     g.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="inference runtime")
     g.add_argument("--detector", default="auto", help="face detector")
-    g.add_argument("--smooth", choices=["auto", "temporal", "ema", "none"], default="auto",
+    g.add_argument("--smooth", choices=SMOOTH_CHOICES, default="auto",
                    help="per-track smoothing: the temporal LSTM, an EMA of probabilities, or none "
                         "(auto: temporal when a temporal model fits the image model, else EMA)")
     g.add_argument("--temporal-model", default=None, help="temporal head .onnx/.pt (default: the shipped one)")

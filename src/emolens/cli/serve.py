@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime import TTA_CHOICES
+from ..runtime import SMOOTH_CHOICES, TTA_CHOICES
 from .common import UsageError
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -26,7 +26,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--detector", default="auto", help="default face detector (a request may choose another)")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="default test-time augmentation (a request may choose another)")
-    p.add_argument("--smooth", choices=["auto", "temporal", "ema", "none"], default="auto",
+    p.add_argument("--smooth", choices=SMOOTH_CHOICES, default="auto",
                    help="label smoothing per tracked face in the live stream (auto: temporal model if shipped)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted image file")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest accepted width x height")

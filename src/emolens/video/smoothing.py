@@ -104,11 +104,11 @@ def make_smoother(smooth: str, encoder, temporal_model: str | None = None, ema: 
     """``smooth`` temporal | ema | none | auto (temporal when a temporal model fits the image model, else EMA).
     ``image_model``: the image checkpoint a ``.pt`` temporal model is loaded with (the encoder's file)."""
     from ..checkpoint import CheckpointError
-    from ..runtime import ModelError
+    from ..runtime import SMOOTH_CHOICES, ModelError
     from ..temporal.runtime import OnnxTemporalHead, TorchTemporalHead, check_probe, default_temporal_path
 
-    if smooth not in ("auto", "temporal", "ema", "none"):
-        raise ValueError(f"unknown smoothing {smooth!r}: use auto, temporal, ema or none")
+    if smooth not in SMOOTH_CHOICES:
+        raise ValueError(f"unknown smoothing {smooth!r}: use one of {', '.join(SMOOTH_CHOICES)}")
     if smooth == "none":
         return Smoother()
     if smooth == "ema":
