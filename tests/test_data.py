@@ -626,6 +626,9 @@ def test_data_stats_defaults_to_the_configured_dataset(tmp_path, monkeypatch, sy
     monkeypatch.setenv("EMOLENS_FER2013", str(synthetic_kaggle_tree))
     s = dataset_stats(out=tmp_path / "o", progress=False)
     assert s["images"] == 28 and s["data"] == str(synthetic_kaggle_tree)
+    # a typed result: attributes, and to_dict() is stats.json plus the folder
+    assert s.images == 28 and s.out == str(tmp_path / "o")
+    assert s.to_dict() == {**json.loads((tmp_path / "o" / "stats.json").read_text()), "out": s.out}
 
 
 @pytest.mark.parametrize("make,expected", [

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from .data import SPLITS, DataError, FERDataset, default_data_path, load_dataset
 from .preprocess import CLASSES
+from .results import Result
 
 
 def find_duplicates(images: np.ndarray) -> list[np.ndarray]:
@@ -68,6 +70,22 @@ def _stats_name(path: Path) -> str:
     return (path.name if path.is_dir() else path.stem) or "data"
 
 
+@dataclass(frozen=True)
+class DatasetStats(Result):
+    """What :func:`dataset_stats` found and wrote (``stats.json`` holds the same, without ``out``)."""
+
+    data: str
+    images: int
+    classes: list[str]
+    splits: dict[str, Any]  # split -> {"total", "classes": {class: {"count", "percent"}}}
+    duplicates: dict[str, Any]  # exact-pixel groups: within each split, across splits, conflicting labels
+    skipped: dict[str, Any]  # {"count", "files"}: unreadable files left out (skip_bad)
+    load_seconds: float
+    from_cache: bool
+    outputs: dict[str, str]  # kind -> file written
+    out: str  # the folder
+
+
 def dataset_stats(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                   skip_bad: bool = False, cache: bool = True, samples_per_class: int = 8,
                   progress: bool = True) -> dict[str, Any]:
@@ -76,8 +94,9 @@ def dataset_stats(data: str | os.PathLike | None = None, out: str | os.PathLike 
     ``data`` is anything :func:`load_dataset` reads (default: :func:`default_data_path`). Writes
     ``stats.csv`` (split, class, count, percent of the split), ``stats.json`` (everything returned here),
     ``duplicates.csv`` (one row per image in a group of identical 48x48 images), ``class_distribution.png``
-    and ``samples.png`` (300 DPI) to ``out`` (default ``runs/stats/<data name>/``). Returns the
-    stats.json dict plus ``out``. Example: ``dataset_stats("fer2013.zip")["duplicates"]["across"]``.
+    and ``samples.png`` (300 DPI) to ``out`` (default ``runs/stats/<data name>/``). Returns a
+    :class:`DatasetStats` (stats.json's fields plus ``out``). Example:
+    ``dataset_stats("fer2013.zip").duplicates["across"]``.
     """
     from .checkpoint import atomic_write_bytes
     from .reports import plot_class_distribution, plot_sample_grid
@@ -146,7 +165,7 @@ def dataset_stats(data: str | os.PathLike | None = None, out: str | os.PathLike 
         ("csv", "stats.csv"), ("json", "stats.json"), ("duplicates", "duplicates.csv"),
         ("class_distribution", "class_distribution.png"), ("samples", "samples.png"))}
     atomic_write_bytes(out_dir / "stats.json", (json.dumps(result, indent=1) + "\n").encode())
-    return {**result, "out": str(out_dir)}
+    return DatasetStats(**result, out=str(out_dir))
 
 
 def print_stats(stats: dict[str, Any], console=None) -> None:
