@@ -169,8 +169,14 @@ def test_cli_export_bad_input(tmp_path, capsys):
 
 
 def test_metadata_values_are_json(exported):
+    """Every metadata value is JSON, under the emolens. prefix, and the one reader gives back what was written."""
     import onnx
 
+    from emolens.runtime import read_onnx_metadata
+
     proto = onnx.load(exported["path"])
-    for p in proto.metadata_props:
-        json.loads(p.value)  # every value decodes
+    raw = {p.key: json.loads(p.value) for p in proto.metadata_props}  # every value decodes
+    assert raw and all(k.startswith("emolens.") for k in raw)
+    assert {"emolens.format", "emolens.model", "emolens.classes", "emolens.preprocess",
+            "emolens.weights_sha256"} <= set(raw)
+    assert read_onnx_metadata(exported["path"]) == {k.removeprefix("emolens."): v for k, v in raw.items()}
