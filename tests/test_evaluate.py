@@ -245,6 +245,13 @@ def test_evaluate_api_matches_direct_prediction_and_writes_reports(fer_folder, m
     rows = _read_csv(out / "predictions.csv")
     assert len(rows) == 21 and sum(r["pred"] == r["true"] for r in rows) == round(21 * m["accuracy"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    # the typed result: attributes, one ModelEvaluation, and to_dict() is exactly what metrics.json holds
+    from emolens.results import Evaluation, ModelEvaluation
+
+    assert isinstance(m, Evaluation) and len(m.models) == 1 and isinstance(m.first, ModelEvaluation)
+    assert m.accuracy == m.first.accuracy == m["accuracy"] and m.out == str(out) and m.comparisons == []
+    assert m.first.figures and set(m.first.figures) <= set(saved["files"])
+    assert {k: v for k, v in m.to_dict().items() if k != "out"} == saved
 
 
 def test_evaluate_without_saving_writes_nothing(fer_folder, models, tmp_path, monkeypatch):

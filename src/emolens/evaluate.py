@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .preprocess import CLASSES
+from .results import Evaluation, ModelEvaluation
 from .runtime import TTA_CHOICES
 
 TTA_MODES = TTA_CHOICES  # the runtime's, defined once
@@ -157,8 +158,8 @@ def mcnemar_test(b: int, c: int) -> dict[str, Any]:
             "p_value": float(math.erfc(math.sqrt(stat / 2)))}
 
 
-def compare_models(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metrics_a: dict[str, Any],
-                   metrics_b: dict[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+def compare_models(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metrics_a: Mapping[str, Any],
+                   metrics_b: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
     """Differences B - A (accuracy, balanced accuracy, macro F1, per-class recall) and McNemar's test on
     the paired predictions (N,) of the same images."""
     y_true = np.asarray(y_true)
@@ -404,18 +405,18 @@ def _prepare_out(out: str | os.PathLike | None) -> Path:
 def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, tta: str = "flip",
              out: str | os.PathLike | None = None, runtime: str = "auto", batch_size: int = 256, *,
              sha256: str | Sequence[str | None] | None = None, device: str = "auto", save: bool = True,
-             skip_bad: bool = False, progress: bool = False, log=None) -> dict[str, Any]:
-    """Evaluate a model (or several) on one split of labelled FER data; returns the metrics dict.
+             skip_bad: bool = False, progress: bool = False, log=None) -> Evaluation:
+    """Evaluate a model (or several) on one split of labelled FER data; returns an :class:`Evaluation`.
 
     ``split``: train, public, private, all, or auto (public, else every image when the data has a single
     split, as a plain ``<class>/`` folder does). ``data`` is anything :func:`emolens.data.load_dataset` reads
     (the images are 48x48 faces already, so no face detection); ``model`` is a ``.onnx``/``.pt`` path, a
-    loaded classifier, None for the shipped model, or a list of them to compare (then the dict is
-    ``{"models": [...], "comparisons": [...], ...}`` and each model's entry is a full metrics dict).
+    loaded classifier, None for the shipped model, or a list of them to compare (one
+    :class:`ModelEvaluation` each in ``.models``, each compared with the first in ``.comparisons``).
     ``sha256`` (one per model) must match the file; ``skip_bad`` skips unreadable images (counted in
     ``data.skipped``); ``progress`` shows a progress bar. Writes metrics.json, predictions.csv, PNG plots,
     report.html and report.xlsx into ``out`` (default ``runs/evaluate/<time>``) unless ``save`` is False. Example:
-    ``evaluate("fer2013.zip", "public")["accuracy"]``.
+    ``evaluate("fer2013.zip", "public").accuracy``.
     """
     from . import __version__
     from .data import DataError, load_dataset, resolve_split
@@ -482,20 +483,18 @@ def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, 
         m.update({"label": label, "model": _model_identity(clf, twin), "runtime": clf.runtime, "device": str(dev),
                   "seconds": {"load_data": round(data_seconds, 3), "predict": round(seconds, 3)},
                   "images_per_second": round(len(sub) / seconds, 1) if seconds > 0 else None})
-        results.append(m)
+        results.append(ModelEvaluation(**m))
         probas.append(proba)
         histories.append(_history(clf, twin))
-    comparisons = [{"a": results[0]["label"], "b": r["label"],
+    comparisons = [{"a": results[0].label, "b": r.label,
                     **compare_models(sub.labels, probas[0].argmax(1), p.argmax(1), results[0], r)}
                    for r, p in zip(results[1:], probas[1:], strict=True)]
     total = round(time.perf_counter() - t_start, 3)
-    for m in results:
-        m["seconds"]["total"] = total
-    result: dict[str, Any] = results[0] if len(results) == 1 else {**common, "models": results,
-                                                                    "comparisons": comparisons,
-                                                                    "seconds": {"total": total}}
+    for r in results:
+        r.seconds["total"] = total
+    result = Evaluation(results, comparisons, {"total": total})
     if save:
-        _write_outputs(result, results, comparisons, probas, sub, histories, target)
+        _write_outputs(result, probas, sub, histories, target)
     return result
 
 
@@ -515,7 +514,7 @@ def _predict(clf, faces: np.ndarray, tta: str, batch_size: int, progress: bool) 
     return np.concatenate(out)
 
 
-def _predictions_csv(sub, results: list[dict], probas: list[np.ndarray]) -> bytes:
+def _predictions_csv(sub, results: list[ModelEvaluation], probas: list[np.ndarray]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     head = ["source", "true"]
@@ -544,8 +543,8 @@ def _confident_mistakes(sub, proba: np.ndarray, per_class: int = MISTAKES_PER_CL
     return out
 
 
-def _write_outputs(result: dict, results: list[dict], comparisons: list[dict], probas: list[np.ndarray], sub,
-                   histories: list[list[dict]], target: Path) -> None:
+def _write_outputs(result: Evaluation, probas: list[np.ndarray], sub, histories: list[list[dict]],
+                   target: Path) -> None:
     """Build everything in a hidden sibling folder, then rename it into place: a run folder is complete or
     absent, never half written."""
     from . import reports
@@ -553,6 +552,7 @@ def _write_outputs(result: dict, results: list[dict], comparisons: list[dict], p
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    results, comparisons = result.models, result.comparisons
     try:
         figures: list[list[tuple[str, str]]] = []
         for m, proba, hist in zip(results, probas, histories, strict=True):
@@ -572,7 +572,7 @@ def _write_outputs(result: dict, results: list[dict], comparisons: list[dict], p
             figs += [("Precision, recall and F1 per class", f"{pre}per_class.png"),
                      ("Reliability diagram (calibration)", f"{pre}reliability.png")]
             mistakes = _confident_mistakes(sub, proba)
-            m["confident_mistakes"] = [{k: v for k, v in x.items() if k != "index"} for x in mistakes]
+            m.confident_mistakes = [{k: v for k, v in x.items() if k != "index"} for x in mistakes]
             if mistakes:
                 reports.plot_confident_mistakes(sub.images[[x["index"] for x in mistakes]],
                                                 [x["true"] for x in mistakes], [x["pred"] for x in mistakes],
@@ -582,12 +582,12 @@ def _write_outputs(result: dict, results: list[dict], comparisons: list[dict], p
                              f"{pre}mistakes.png"))
             if reports.plot_learning_curves_if_logged(hist, tmp / f"{pre}learning_curves.png"):
                 figs.append(("Learning curves from the model's training log", f"{pre}learning_curves.png"))
-            m["figures"] = [f for _, f in figs]
+            m.figures = [f for _, f in figs]
             figures.append(figs)
         atomic_write_bytes(tmp / "predictions.csv", _predictions_csv(sub, results, probas))
         files = sorted([p.name for p in tmp.iterdir()] + ["metrics.json", "report.html", "report.xlsx"])
-        result["files"] = files
-        atomic_write_bytes(tmp / "metrics.json", json.dumps(result, indent=1).encode())
+        result.files = files
+        atomic_write_bytes(tmp / "metrics.json", json.dumps(result.to_dict(), indent=1).encode())
         reports.write_evaluation_xlsx(results, comparisons, tmp / "report.xlsx")
         reports.write_evaluation_html(results, comparisons, figures, tmp, tmp / "report.html")
         if target.exists():
@@ -596,4 +596,4 @@ def _write_outputs(result: dict, results: list[dict], comparisons: list[dict], p
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    result["out"] = str(target)
+    result.out = str(target)

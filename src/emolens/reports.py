@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -451,7 +452,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def print_report(result: dict[str, Any], console=None) -> None:
+def print_report(result: Mapping[str, Any], console=None) -> None:
     """The classification report of ``emolens evaluate`` (one model) or the side-by-side comparison (several)
     as rich tables."""
     from rich.console import Console
@@ -461,7 +462,7 @@ def print_report(result: dict[str, Any], console=None) -> None:
     from .preprocess import CLASSES
 
     console = console or Console()
-    models = result.get("models") or [result]
+    models = getattr(result, "models", None) or result.get("models") or [result]  # an Evaluation, or its dict
     d = models[0]["data"]
     head = escape(f"{d['path']} [{d['split']}], {d['count']} images, TTA {models[0]['tta']}")
     for m in models:
@@ -482,7 +483,7 @@ def print_report(result: dict[str, Any], console=None) -> None:
         console.print(f"balanced accuracy {_pct(m['balanced_accuracy'])}%  top-2 {_pct(m['top2_accuracy'])}%  "
                       f"ECE {_pct(m['ece'])}%  NLL {m['nll']:.3f}  predict {m['seconds']['predict']:.1f} s "
                       f"({m['images_per_second']} img/s)", markup=False, highlight=False)
-    for comp in result.get("comparisons", []):
+    for comp in result.get("comparisons") or []:
         a = next(m for m in models if m["label"] == comp["a"])
         b = next(m for m in models if m["label"] == comp["b"])
         t = Table(title=f"{comp['a']} vs {comp['b']} on the same {d['count']} images", title_justify="left")

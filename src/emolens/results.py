@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .faces import Box
@@ -70,3 +70,102 @@ class Face:
         if self.track_id is not None:
             d.update(track_id=int(self.track_id), detected=bool(self.detected))
         return d
+
+
+@dataclass
+class ModelEvaluation(Result):
+    """One model's scores on one split of labelled faces (what ``emolens evaluate`` reports for it): the
+    classification metrics (see :func:`emolens.evaluate.classification_metrics` for their conventions), who
+    the model is (``model``: name, file, sha256, training config ...), where and how fast it ran, and, once
+    the report is written, its most confident mistakes and the figure files."""
+
+    label: str                      # "A", "B", ... when models are compared
+    model: dict[str, Any]           # identity: name, file, sha256, kwargs, config, metrics, twin ...
+    runtime: str                    # "onnx" or "torch"
+    device: str
+    count: int                      # images scored
+    accuracy: float
+    balanced_accuracy: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    weighted_precision: float
+    weighted_recall: float
+    weighted_f1: float
+    top2_accuracy: float
+    ece: float                      # expected calibration error over ``ece_bins`` equal-width bins
+    ece_bins: int
+    nll: float
+    mean_confidence: float
+    per_class: dict[str, dict[str, float]]
+    classes: list[str]
+    confusion_matrix: list[list[int]]   # (C, C): row = true class, column = predicted
+    reliability: list[dict[str, Any]]
+    emolens_version: str
+    created: str
+    data: dict[str, Any]            # path, split, count, class_counts, skipped
+    tta: str
+    batch_size: int
+    host: dict[str, Any]
+    seconds: dict[str, float]
+    images_per_second: float | None
+    confident_mistakes: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation(Result):
+    """What :func:`emolens.evaluate.evaluate` returns: one :class:`ModelEvaluation` per model (one, unless
+    models are compared), the paired comparisons of each with the first (McNemar), and the report folder.
+
+    ``accuracy`` and the other headline scores are the first model's. ``to_dict()`` is the layout of the
+    report's metrics.json: the model's own fields for one model, ``{"models": [...], "comparisons": [...],
+    ...}`` for several; dict access (``r["accuracy"]``) reads that same layout."""
+
+    models: list[ModelEvaluation]
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    out: str | None = None          # the report folder, None with save=False
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def first(self) -> ModelEvaluation:
+        return self.models[0]
+
+    @property
+    def accuracy(self) -> float:
+        return self.first.accuracy
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return self.first.balanced_accuracy
+
+    @property
+    def ece(self) -> float:
+        return self.first.ece
+
+    @property
+    def count(self) -> int:
+        return self.first.count
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics.json layout (see the class docstring)."""
+        tail = {k: v for k, v in (("out", self.out), ("files", self.files)) if v}
+        if len(self.models) == 1:
+            return {**self.first.to_dict(), **tail}
+        shared = {k: getattr(self.first, k) for k in ("emolens_version", "created", "data", "tta", "batch_size",
+                                                       "host")}
+        return {**shared, "models": [m.to_dict() for m in self.models], "comparisons": self.comparisons,
+                "seconds": dict(self.seconds), **tail}
+
+    def _view(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._view()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view())
+
+    def __len__(self) -> int:
+        return len(self._view())
