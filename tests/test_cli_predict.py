@@ -171,11 +171,12 @@ def test_detector_quality_benchmark(tmp_path):
 def test_bench_predict_reports_the_out_of_the_box_speed():
     """The `default (...)` line times exactly what EmotionRecognizer() runs: the shipped model, its runtime, its TTA."""
     from emolens.bench import bench_default, format_predict
+    from emolens.bench.predict import PredictBench
     from emolens.predict import EmotionRecognizer
 
     d = bench_default(batch=8, min_time=0.05)
     rec = EmotionRecognizer(detect=False)
-    assert (d["runtime"], d["tta"]) == (rec.classifier.runtime, rec.tta) and d["faces_per_s"] > 0
-    text = format_predict({"classifier": [], "detectors": [], "threads": {"cpus": 2}, "batch": 8,
-                           "onnx_threads": "default", "default": d})
-    assert f"default ({d['runtime']} {d['precision']}, tta {d['tta']}): " in text and "faces/s at batch 8" in text
+    assert (d.runtime, d.tta) == (rec.classifier.runtime, rec.tta) and d.faces_per_s > 0 and d.batch == 8
+    assert d.to_dict()["faces_per_s"] == d["faces_per_s"] == d.faces_per_s
+    text = format_predict(PredictBench([], [], {"cpus": 2}, 8, "default", d))
+    assert f"default ({d.runtime} {d.precision}, tta {d.tta}): " in text and "faces/s at batch 8" in text

@@ -318,3 +318,15 @@ def test_video_jobs_folders_never_collide(tmp_path):
     names = [j.folder.name for j in jobs]
     assert len(set(names)) == 3 and names[2] == "other" and all(n.startswith("clip-") for n in names[:2])
     assert video_jobs(["b/clip.mp4", "a/clip.mp4"], tmp_path)[0].folder == jobs[1].folder
+
+
+def test_bench_engines_times_local_and_ray_on_the_same_photos(ray_cluster):
+    from emolens.bench import EnginesBench, bench_engines, format_engines
+
+    r = bench_engines(images=3, workers=(1,), batch_size=2)
+    assert isinstance(r, EnginesBench) and r.images == 3 and r.cluster_cpus == 2
+    local, ray_row = r.rows
+    assert (local["engine"], ray_row["engine"], ray_row["workers"]) == ("local", "ray", 1)
+    assert local["faces"] == ray_row["faces"] == 3 and ray_row["failed"] == 0  # one face in each photo
+    assert all(row["images_per_s"] > 0 for row in r.rows) and r.to_dict()["rows"] == r.rows
+    assert "| ray | 1 |" in format_engines(r)

@@ -123,3 +123,12 @@ def test_bench_train_prints_both_precisions_side_by_side(capsys):
     if amp_enabled(torch.device("cpu"), True):
         assert float(cells[5]) > 0 and cells[6].endswith("x")
     assert main(["bench", "train", "--model", "nope"]) == 2
+
+
+def test_bench_train_returns_a_typed_result():
+    from emolens.bench import TrainBench, bench_train
+
+    r = bench_train("cnn", batch=4, rounds=1, steps=1)
+    assert isinstance(r, TrainBench) and r.model == "cnn" and r.batch == 4 and r.fp32_img_s > 0
+    assert (r.bf16_img_s is not None) == (r.ratio is not None) == amp_enabled(torch.device("cpu"), True)
+    assert r.to_dict()["fp32_img_s"] == r["fp32_img_s"] == r.fp32_img_s and r.params == r.to_dict()["params"] > 0

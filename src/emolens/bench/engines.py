@@ -6,12 +6,29 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..results import Result
 from .common import sample_frame
+
+
+@dataclass
+class EnginesBench(Result):
+    """``emolens predict`` per engine: one row each ({engine, workers, seconds, images_per_s, faces[, failed]}),
+    the photos, the Ray batch size and cluster (its CPUs, how long it took to start, not counted in the rows)."""
+
+    rows: list[dict[str, Any]]
+    images: int
+    batch_size: int
+    cluster_cpus: int
+    cluster: str
+    startup_s: float
+    cpus: int
+    cpu: str
 
 
 def _bench_images(folder: Path, n: int) -> list[Path]:
@@ -29,10 +46,10 @@ def _bench_images(folder: Path, n: int) -> list[Path]:
 
 
 def bench_engines(images: int = 64, workers: tuple[int, ...] = (1, 2), address: str | None = None,
-                  batch_size: int = 4, detector: str = "auto", tta: str = "flip") -> dict[str, Any]:
+                  batch_size: int = 4, detector: str = "auto", tta: str = "flip") -> EnginesBench:
     """images/s of ``emolens predict`` on ``images`` photos, in one run: the local engine (one process), then the
     Ray engine with each number of ``workers`` (emolens.cluster). Each figure includes loading the model (each
-    Ray worker loads its own); starting the Ray cluster is timed apart. Returns {"rows", "images", ...}."""
+    Ray worker loads its own); starting the Ray cluster is timed apart."""
     from ..cluster import cluster_cpus, connect, predict_files
     from ..predict import EmotionRecognizer
 
@@ -62,9 +79,8 @@ def bench_engines(images: int = 64, workers: tuple[int, ...] = (1, 2), address: 
                 import ray
 
                 ray.shutdown()
-    return {"rows": rows, "images": images, "batch_size": batch_size, "cluster_cpus": cpus,
-            "cluster": address or "local (started for the run)", "startup_s": startup, "cpus": os.cpu_count(),
-            "cpu": _cpu_name()}
+    return EnginesBench(rows, images, batch_size, cpus, address or "local (started for the run)", startup,
+                        os.cpu_count() or 0, _cpu_name())
 
 
 def _cpu_name() -> str:
@@ -79,7 +95,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def format_engines(result: dict[str, Any]) -> str:
+def format_engines(result: EnginesBench) -> str:
     """Markdown table of :func:`bench_engines`."""
     lines = [f"{result['images']} photos (640x480, one face), `emolens predict` with TTA flip; {result['cpu']}, "
              f"{result['cpus']} cores; Ray cluster: {result['cluster']}, {result['cluster_cpus']} CPUs, started in "

@@ -6,10 +6,43 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..results import Result
 from .common import calibration_faces, sample_faces, sample_frame, time_call
+
+
+@dataclass
+class DefaultSpeed(Result):
+    """How fast exactly what ``EmotionRecognizer()`` and ``emolens predict`` run out of the box classifies."""
+
+    runtime: str            # "onnx" or "torch"
+    precision: str          # "fp32" or "int8"
+    tta: str
+    batch: int
+    ms_per_face_b1: float
+    faces_per_s: float      # at ``batch``
+
+    def line(self) -> str:
+        """``default (<runtime> <precision>, tta <tta>): N faces/s at batch B``, the README's line."""
+        return (f"default ({self.runtime} {self.precision}, tta {self.tta}): {self.faces_per_s:.0f} faces/s "
+                f"at batch {self.batch}")
+
+
+@dataclass
+class PredictBench(Result):
+    """``emolens bench predict``: one row per classifier runtime and TTA ({runtime, tta, ms_per_face_b1,
+    faces_per_s} or {runtime, error}), one per detector ({detector, ms_per_frame, faces} or {detector, error}),
+    the thread settings, and the out-of-the-box speed (None when a ``model`` was given)."""
+
+    classifier: list[dict[str, Any]]
+    detectors: list[dict[str, Any]]
+    threads: dict[str, int]
+    batch: int
+    onnx_threads: int | str
+    default: DefaultSpeed | None = None
 
 
 def bench_classifier(clf, tta: str, batch: int = 64, min_time: float = 1.0) -> dict[str, float]:
@@ -50,10 +83,9 @@ def _threads() -> dict[str, int]:
 
 
 def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[str, ...] = ("flip", "none"),
-                  threads: int = 0, min_time: float = 1.0, detectors: list[str] | None = None) -> dict[str, Any]:
+                  threads: int = 0, min_time: float = 1.0, detectors: list[str] | None = None) -> PredictBench:
     """The classifier under every runtime available (torch needs the ``.pt`` twin of the model; int8 is made
-    here in a temporary folder) with each TTA mode, and the detectors. Returns {"classifier": rows,
-    "detectors": rows, "threads": {...}, "batch": batch}."""
+    here in a temporary folder) with each TTA mode, and the detectors (see :class:`PredictBench`)."""
     from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path
 
     if threads:
@@ -94,11 +126,11 @@ def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[
             for tta in ttas:
                 rows.append({"runtime": name, "tta": tta, **bench_classifier(clf, tta, batch, min_time)})
     default = bench_default(batch, threads, min_time) if model is None else None
-    return {"classifier": rows, "detectors": bench_detectors(detectors, min_time), "threads": _threads(),
-            "batch": batch, "onnx_threads": threads or "default (all cores)", "default": default}
+    return PredictBench(rows, bench_detectors(detectors, min_time), _threads(), batch,
+                        threads or "default (all cores)", default)
 
 
-def bench_default(batch: int = 64, threads: int = 0, min_time: float = 1.0) -> dict[str, Any]:
+def bench_default(batch: int = 64, threads: int = 0, min_time: float = 1.0) -> DefaultSpeed:
     """faces/s of exactly what ``EmotionRecognizer()`` and ``emolens predict`` classify with out of the box
     (shipped model, default runtime and TTA), on ``batch`` faces at a time."""
     from ..predict import EmotionRecognizer
@@ -108,27 +140,25 @@ def bench_default(batch: int = 64, threads: int = 0, min_time: float = 1.0) -> d
     session = getattr(clf.classifier, "session", None)
     meta = read_onnx_metadata(session) if session is not None else {}
     precision = "int8" if "quantization" in meta else "fp32"
-    return {"runtime": clf.classifier.runtime, "precision": precision, "tta": clf.tta,
-            **bench_classifier(clf.classifier, clf.tta, batch, min_time)}
+    return DefaultSpeed(clf.classifier.runtime, precision, clf.tta, batch,
+                        **bench_classifier(clf.classifier, clf.tta, batch, min_time))
 
 
-def format_predict(result: dict[str, Any]) -> str:
+def format_predict(result: PredictBench) -> str:
     """Plain-text tables of :func:`bench_predict`'s result (pasteable in a README)."""
-    th = result["threads"]
+    th = result.threads
     lines = [f"CPU cores: {th['cpus']}; torch threads: {th.get('torch', '-')}; onnxruntime intra-op threads: "
-             f"{result['onnx_threads']}", "",
-             f"| runtime | TTA | ms/face (batch 1) | faces/s (batch {result['batch']}) |", "|---|---|---:|---:|"]
-    for r in result["classifier"]:
+             f"{result.onnx_threads}", "",
+             f"| runtime | TTA | ms/face (batch 1) | faces/s (batch {result.batch}) |", "|---|---|---:|---:|"]
+    for r in result.classifier:
         if "error" in r:
             lines.append(f"| {r['runtime']} | - | {r['error']} | |")
         else:
             lines.append(f"| {r['runtime']} | {r['tta']} | {r['ms_per_face_b1']:.2f} | {r['faces_per_s']:.0f} |")
-    d = result.get("default")
-    if d:
-        lines += ["", f"default ({d['runtime']} {d['precision']}, tta {d['tta']}): {d['faces_per_s']:.0f} faces/s "
-                      f"at batch {result['batch']}"]
+    if result.default is not None:
+        lines += ["", result.default.line()]
     lines += ["", "| detector | ms per 640x480 frame | faces found |", "|---|---:|---:|"]
-    for r in result["detectors"]:
+    for r in result.detectors:
         if "error" in r:
             lines.append(f"| {r['detector']} | {r['error']} | |")
         else:

@@ -7,12 +7,41 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..results import Result
 from .common import ASSETS
+
+
+@dataclass
+class ServeBench(Result):
+    """The HTTP API under load: requests, errors (by kind), throughput and latency percentiles in ms of the
+    normal clients, and, during a slow-client attack, how many slow connections opened and the server closed."""
+
+    url: str
+    endpoint: str
+    clients: int
+    seconds: float
+    slow_clients: int
+    slow_opened: int
+    slow_closed_by_server: int
+    requests: int
+    ok: int
+    errors: int
+    error_kinds: dict[str, int]
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    faces_per_image: int | None
+    image: str = ""
+    image_bytes: int = 0
+    server: str = ""
 
 
 def bench_image(path: str | None = None) -> tuple[bytes, str]:
@@ -117,7 +146,7 @@ async def _load(url: str, clients: int, seconds: float, payload: bytes, endpoint
 
 def bench_serve(url: str | None = None, clients: int = 16, seconds: float = 10.0, image: str | None = None,
                 server_args: Sequence[str] = (), api_key: str | None = None, params: dict[str, Any] | None = None,
-                endpoint: str = "/v1/predict", slow_clients: int = 0) -> dict[str, Any]:
+                endpoint: str = "/v1/predict", slow_clients: int = 0) -> ServeBench:
     """Load test: ``clients`` concurrent clients POST an image for ``seconds`` against ``url`` (default: a
     local ``emolens serve`` started for the run); returns requests/s, p50/p95/p99 latency (ms), errors.
     ``slow_clients`` > 0: meanwhile that many connections dribble an endless request head (slowloris), so
@@ -138,11 +167,10 @@ def bench_serve(url: str | None = None, clients: int = 16, seconds: float = 10.0
             where = url
         result = asyncio.run(_load(url.rstrip("/"), clients, seconds, payload, endpoint, params or {}, headers,
                                    slow_clients))
-    result.update(image=what, image_bytes=len(payload), server=where)
-    return result
+    return ServeBench(**result, image=what, image_bytes=len(payload), server=where)
 
 
-def format_bench(r: dict[str, Any]) -> str:
+def format_bench(r: ServeBench) -> str:
     kinds = ", ".join(f"{k}: {v}" for k, v in r["error_kinds"].items()) or "none"
     attack = (f"  during a slow-client attack: {r['slow_clients']} connections dribbling request heads "
               f"({r['slow_opened']} opened, {r['slow_closed_by_server']} closed by the server)\n"

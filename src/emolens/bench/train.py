@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..results import Result
+
+
+@dataclass
+class TrainBench(Result):
+    """Training-step throughput of one model, float32 against bf16 autocast (``bf16_img_s`` and ``ratio`` are
+    None on a CPU without fast bf16)."""
+
+    model: str
+    params: int
+    batch: int
+    threads: int
+    cpu_fast_bf16: bool
+    fp32_img_s: float
+    bf16_img_s: float | None = None
+    ratio: float | None = None       # bf16 / fp32
 
 
 def bench_train(model: str = "cnn_lstm", model_kwargs: dict | None = None, batch: int = 128, rounds: int = 6,
-                steps: int = 4, threads: int = 0) -> dict[str, Any]:
+                steps: int = 4, threads: int = 0) -> TrainBench:
     """Training-step throughput in float32 and under bf16 autocast, measured in interleaved rounds
     (``steps`` steps of each mode per round, so load from other jobs hits both alike). A step is what
     ``train_one_epoch`` does: uint8 -> input, on-device augmentation, forward, float32 loss, backward,
@@ -50,20 +68,19 @@ def bench_train(model: str = "cnn_lstm", model_kwargs: dict | None = None, batch
             for _ in range(steps):
                 step(amp)
             rates[mode].append(steps * batch / (time.perf_counter() - t))
-    out = {"model": model, "params": count_parameters(net), "batch": batch, "threads": torch.get_num_threads(),
-           "cpu_fast_bf16": cpu_has_fast_bf16(), **{f"{m}_img_s": statistics.median(r) for m, r in rates.items()}}
-    if "bf16_img_s" in out:
-        out["ratio"] = out["bf16_img_s"] / out["fp32_img_s"]
-    return out
+    fp32 = statistics.median(rates["fp32"])
+    bf16 = statistics.median(rates["bf16"]) if "bf16" in rates else None
+    return TrainBench(model, count_parameters(net), batch, torch.get_num_threads(), cpu_has_fast_bf16(), fp32, bf16,
+                      None if bf16 is None else bf16 / fp32)
 
 
-def format_train(rows: list[dict[str, Any]]) -> str:
+def format_train(rows: Sequence[TrainBench]) -> str:
     """A markdown table of :func:`bench_train` results."""
     lines = ["| model | params | batch | threads | fp32 img/s | bf16 img/s | bf16 / fp32 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        bf16 = f"{r['bf16_img_s']:.0f}" if "bf16_img_s" in r else "no fast bf16 on this CPU"
-        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['batch']} | {r['threads']} | "
-                     f"{r['fp32_img_s']:.0f} | {bf16} | {ratio} |")
+        bf16 = f"{r.bf16_img_s:.0f}" if r.bf16_img_s is not None else "no fast bf16 on this CPU"
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        lines.append(f"| {r.model} | {r.params / 1e6:.2f} M | {r.batch} | {r.threads} | {r.fp32_img_s:.0f} | {bf16} | "
+                     f"{ratio} |")
     return "\n".join(lines)

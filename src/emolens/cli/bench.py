@@ -45,8 +45,8 @@ def _cmd_bench_serve(args) -> int:
         raise UsageError(str(e)) from None
     print(format_bench(result))
     if args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
-    return 1 if result["errors"] else 0
+        atomic_write_bytes(Path(args.json), (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    return 1 if result.errors else 0
 
 
 # ---------------------------------------------------------------------------------------------- bench

@@ -36,12 +36,13 @@ from .io import (
     video_codec,
 )
 from .processor import VideoProcessor
-from .run import VideoResult, bench_video, format_bench_video, gui_available, process_video, run_webcam
+from .run import VideoBench, VideoResult, bench_video, format_bench_video, gui_available, process_video, run_webcam
 from .smoothing import EmaSmoother, Smoother, TemporalSmoother, encoder_for_classifier, frame_encoder_for, make_smoother
 from .tracking import Track, Tracker, iou_matrix
 
 __all__ = ["Tracker", "Track", "iou_matrix", "VideoProcessor", "process_video", "VideoResult",
-           "run_webcam", "bench_video", "format_bench_video", "plot_timeline", "draw_tracks", "read_frames",
+           "run_webcam", "VideoBench", "bench_video", "format_bench_video", "plot_timeline", "draw_tracks",
+           "read_frames",
            "read_csv", "clip_face_crops", "clip_box", "open_capture", "open_video_writer", "video_codec",
            "gui_available", "synthetic_face_video", "EmaSmoother", "TemporalSmoother", "Smoother", "make_smoother",
            "frame_encoder_for", "encoder_for_classifier", "VideoError", "CSV_COLUMNS", "CODECS", "AUTO_CODECS",

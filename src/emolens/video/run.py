@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..results import Result
 from .drawing import draw_tracks, plot_timeline
 from .io import CSV_COLUMNS, VideoError, _AtomicVideoWriter, _csv_rows, _fps_of, open_capture, synthetic_face_video
 from .processor import VideoProcessor
@@ -262,9 +263,27 @@ def run_webcam(source: str | int = 0, record: str | Path | None = None, max_fram
     return n
 
 
+@dataclass
+class VideoBench(Result):
+    """Speed of the video pipeline on one clip: frames/s processed against the clip's own rate
+    (``realtime_ratio`` > 1 keeps up with it), and where the time goes (``timing``: total_ms_per_frame,
+    detect_ms_per_round, classify_ms_per_face, smooth_ms_per_face, draw_write_ms_per_frame)."""
+
+    source: str
+    frames: int
+    tracks: int
+    video_fps: float
+    processing_fps: float
+    realtime_ratio: float
+    smoothing: str
+    write_output: bool
+    cpus: int
+    timing: dict[str, float]
+
+
 def bench_video(source: str | None = None, frames: int = 300, repeats: int = 1, write_output: bool = True,
-                progress: bool = False, **processor_kwargs) -> dict[str, Any]:
-    """Processing speed of the video pipeline: {frames, video_fps, processing_fps, realtime_ratio, ...}.
+                progress: bool = False, **processor_kwargs) -> VideoBench:
+    """Processing speed of the video pipeline (the best of ``repeats`` runs), see :class:`VideoBench`.
 
     Without ``source``, a 640x480 30 fps clip of the bundled photo (one face) is made first."""
     import tempfile
@@ -280,13 +299,12 @@ def bench_video(source: str | None = None, frames: int = 300, repeats: int = 1, 
             if best is None or res.seconds < best.seconds:
                 best = res
     assert best is not None
-    return {"source": source, "frames": best.frames, "tracks": best.tracks, "video_fps": best.fps,
-            "processing_fps": round(best.processing_fps, 1), "realtime_ratio": round(best.realtime_ratio, 2),
-            "smoothing": best.smoothing, "write_output": write_output, "cpus": os.cpu_count(),
-            **{k: round(v, 2) for k, v in best.timing.items()}}
+    return VideoBench(str(source), best.frames, best.tracks, best.fps, round(best.processing_fps, 1),
+                      round(best.realtime_ratio, 2), best.smoothing, write_output, os.cpu_count() or 0,
+                      {k: round(v, 2) for k, v in best.timing.items()})
 
 
-def format_bench_video(rows: list[dict[str, Any]]) -> str:
+def format_bench_video(rows: list[VideoBench]) -> str:
     """Markdown table of :func:`bench_video` results."""
     src = rows[0]["source"] if rows else ""
     lines = [f"Video pipeline on {Path(str(src)).name if src else 'a synthetic clip'} ({rows[0]['frames']} frames at "
@@ -295,8 +313,9 @@ def format_bench_video(rows: list[dict[str, Any]]) -> str:
              "| output video | processing fps | x real time | ms/frame | detect ms/round | classify ms/face "
              "| smooth ms/face | draw+encode ms/frame |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {'written' if r['write_output'] else 'none'} | {r['processing_fps']:.1f} | "
-                     f"{r['realtime_ratio']:.2f} | {r['total_ms_per_frame']:.1f} | {r['detect_ms_per_round']:.1f} | "
-                     f"{r['classify_ms_per_face']:.2f} | {r['smooth_ms_per_face']:.2f} | "
-                     f"{r['draw_write_ms_per_frame']:.1f} |")
+        t = r.timing
+        lines.append(f"| {'written' if r.write_output else 'none'} | {r.processing_fps:.1f} | "
+                     f"{r.realtime_ratio:.2f} | {t['total_ms_per_frame']:.1f} | {t['detect_ms_per_round']:.1f} | "
+                     f"{t['classify_ms_per_face']:.2f} | {t['smooth_ms_per_face']:.2f} | "
+                     f"{t['draw_write_ms_per_frame']:.1f} |")
     return "\n".join(lines)
