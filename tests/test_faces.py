@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from emolens.faces import (
+    ALIGN_MIN_DEG,
     Detection,
     DetectorError,
     available_detectors,
     create_detector,
+    crop_face,
     eye_angle,
     face_crops,
     list_detectors,
@@ -129,5 +131,27 @@ def test_rotated_face_aligned_crop_is_closer_to_upright(name, astronaut):
     # see it, Haar's eye boxes barely do)
     assert eye_angle(d.landmarks) - eye_angle(upright.landmarks) == pytest.approx(-15, abs=6)
     plain = face_crops(tilted, [d], align=False)[0].astype(float)
-    aligned = face_crops(tilted, [d], align=True)[0].astype(float)
+    aligned = face_crops(tilted, [d], align=True, min_tilt=0.0)[0].astype(float)
     assert np.abs(aligned - ref).mean() < np.abs(plain - ref).mean()
+
+
+def test_small_tilts_are_left_alone_large_ones_levelled():
+    """Eye angles under ALIGN_MIN_DEG keep the plain crop (the model learnt FER2013's natural tilts); larger
+    ones, and any with ``min_tilt=0``, are levelled; no eyes means no rotation."""
+    img = np.random.default_rng(3).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    box = (50, 50, 100, 100)
+
+    def det(angle: float) -> Detection:
+        dx, dy = 30 * np.cos(np.radians(angle)), 30 * np.sin(np.radians(angle))
+        return Detection(box, landmarks={"left_eye": (100 - dx, 90 - dy), "right_eye": (100 + dx, 90 + dy)})
+
+    plain = face_crops(img, [Detection(box)], align=True)[0]
+    small, large = det(ALIGN_MIN_DEG - 3), det(ALIGN_MIN_DEG + 5)
+    np.testing.assert_array_equal(face_crops(img, [small])[0], plain)
+    assert not np.array_equal(face_crops(img, [small], min_tilt=0.0)[0], plain)
+    np.testing.assert_array_equal(face_crops(img, [large])[0],
+                                  preprocess(square_crop(img, box, 0.2, eye_angle(large.landmarks)), "bgr"))
+    assert not np.array_equal(face_crops(img, [large])[0], plain)
+    np.testing.assert_array_equal(face_crops(img, [large], align=False)[0], plain)
+    # the video path passes NaN where the detector gave no eyes
+    np.testing.assert_array_equal(crop_face(img, box, 0.2, float("nan")), plain)
