@@ -30,7 +30,6 @@ from .io import (
     VideoError,
     open_capture,
     open_video_writer,
-    read_csv,
     read_frames,
     synthetic_face_video,
     video_codec,
@@ -43,7 +42,7 @@ from .tracking import Track, Tracker, iou_matrix
 __all__ = ["Tracker", "Track", "iou_matrix", "VideoProcessor", "process_video", "VideoResult",
            "run_webcam", "VideoBench", "bench_video", "format_bench_video", "plot_timeline", "draw_tracks",
            "read_frames",
-           "read_csv", "clip_face_crops", "clip_box", "open_capture", "open_video_writer", "video_codec",
+           "clip_face_crops", "clip_box", "open_capture", "open_video_writer", "video_codec",
            "gui_available", "synthetic_face_video", "EmaSmoother", "TemporalSmoother", "Smoother", "make_smoother",
            "frame_encoder_for", "encoder_for_classifier", "VideoError", "CSV_COLUMNS", "CODECS", "AUTO_CODECS",
            "BROWSER_CODECS"]

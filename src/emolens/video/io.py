@@ -1,12 +1,10 @@
 """Video in and out: opening files, URLs and cameras (:func:`open_capture`, :func:`read_frames`), the codecs each
 container is written with (:func:`open_video_writer`, :func:`video_codec`), atomic writing (a reader never sees
-half a file), the timeline CSV (:data:`CSV_COLUMNS`, :func:`read_csv`) and a synthetic test clip."""
+half a file), the timeline CSV (:data:`CSV_COLUMNS`) and a synthetic test clip."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import sys
@@ -201,12 +199,6 @@ CSV_COLUMNS = ["frame", "time_s", "track_id", "x", "y", "w", "h", "detected", "e
 def _csv_rows(index: int, t: float, faces: list[Face]) -> list[list[Any]]:
     return [[index, f"{t:.3f}", f.track_id, *f.box, int(f.detected), f.emotion, f"{f.confidence:.4f}",
              *[f"{f.probabilities[c]:.4f}" for c in CLASSES]] for f in faces]
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a timeline CSV written by :func:`process_video`."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(io.StringIO(f.read())))
 
 
 def synthetic_face_video(path: str | Path, photo: np.ndarray | None = None, frames: int = 90,
