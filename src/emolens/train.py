@@ -456,7 +456,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print,
     else:
         device = select_device(cfg.device)
     try:
-        return _train(cfg, state, start_epoch, history, best, device, rank, world, log)
+        out = _train(cfg, state, start_epoch, history, best, device, rank, world, log)
+        if world > 1 and torch.distributed.is_initialized():
+            # every rank done with its last collective before any closes its connections: a rank that tears
+            # down while a peer still reads the last broadcast aborts that peer (gloo: "terminate called")
+            torch.distributed.barrier()
+        return out
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
