@@ -25,7 +25,7 @@ def _tta_options(parser: argparse.ArgumentParser, path: str = "emolens") -> dict
 
 
 def test_runtime_literal_is_the_constant():
-    assert typing.get_args(TTA) == TTA_CHOICES == ("none", "flip", "crops")
+    assert typing.get_args(TTA) == TTA_CHOICES == ("none", "flip", "shift", "crops")
 
 
 def test_api_literal_is_the_constant():
@@ -51,7 +51,7 @@ def test_every_cli_tta_option_offers_the_constant():
         assert tuple(action.choices) == TTA_CHOICES, path
 
 
-@pytest.mark.parametrize("tta, views", [("none", 1), ("flip", 2), ("crops", 10)])
+@pytest.mark.parametrize("tta, views", [("none", 1), ("flip", 2), ("shift", 4), ("crops", 10)])
 def test_tta_views_per_mode(tta, views):
     faces = np.zeros((3, 48, 48), np.uint8)
     out = tta_views(faces, tta)
@@ -60,7 +60,7 @@ def test_tta_views_per_mode(tta, views):
 
 @pytest.mark.parametrize("tta", ["mirror", "FLIP", "", None])
 def test_tta_views_rejects_anything_else(tta):
-    with pytest.raises(ValueError, match="unknown TTA mode.*none, flip, crops"):
+    with pytest.raises(ValueError, match="unknown TTA mode.*none, flip, shift, crops"):
         tta_views(np.zeros((1, 48, 48), np.uint8), tta)
 
 
@@ -93,3 +93,13 @@ def test_smoothing_choices_are_defined_once():
         assert tuple(opt.choices) == SMOOTH_CHOICES, verb
     with pytest.raises(ValueError, match="use one of auto, temporal, ema, none"):
         make_smoother("kalman", None)
+
+
+def test_shift_views_move_whole_pixels_and_mirror():
+    """shift = [x, mirror x, x moved (1, 1), mirror of x moved (-1, -1)], the border repeated."""
+    faces = np.arange(2 * 48 * 48, dtype=np.uint8).reshape(2, 48, 48)
+    x, m, d, u = tta_views(faces, "shift")
+    np.testing.assert_array_equal(m, faces[:, :, ::-1])
+    np.testing.assert_array_equal(d[:, 1:, 1:], faces[:, :-1, :-1])
+    np.testing.assert_array_equal(d[:, 0, 1:], faces[:, 0, :-1])  # the top row repeated
+    np.testing.assert_array_equal(u[:, :, ::-1][:, :-1, :-1], faces[:, 1:, 1:])

@@ -144,7 +144,7 @@ class EmotionRecognizer:
 
     ``model``: None (the shipped model), an ``.onnx`` file or a ``.pt`` checkpoint; ``runtime``: onnx (default,
     no torch needed), torch or auto (by file suffix); ``detector``: a name from
-    :func:`emolens.faces.list_detectors` or a ``FaceDetector``; ``tta``: none, flip or crops (averaged views,
+    :func:`emolens.faces.list_detectors` or a ``FaceDetector``; ``tta``: none, flip, shift or crops (averaged views,
     see :mod:`emolens.runtime`); ``detect=False`` treats every whole image as one face crop; ``margin``: the
     square crop's side is the detected box's longer side times (1 + margin), None = the detector's own
     (``FaceDetector.margin``, measured to match FER2013's framing); ``align``: rotate so the eyes are level when

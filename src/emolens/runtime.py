@@ -15,7 +15,7 @@ import numpy as np
 
 from .preprocess import CLASSES, INPUT_SIZE, MEAN, STD, normalize
 
-TTA = Literal["none", "flip", "crops"]
+TTA = Literal["none", "flip", "shift", "crops"]
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 DEFAULT_MODEL = "emolens_cnn_lstm"
 
@@ -37,19 +37,32 @@ def default_model_path(kind: Literal["onnx", "pt"] = "onnx") -> Path:
 
 #: the test-time augmentation modes, defined once: the CLI's --tta choices and every check use this; the
 #: ``TTA`` Literal above and ``emolens.serve.schemas.Tta`` are tested to equal it (tests/test_choices.py)
-TTA_CHOICES: tuple[str, ...] = ("none", "flip", "crops")
+TTA_CHOICES: tuple[str, ...] = ("none", "flip", "shift", "crops")
 #: Per-track label smoothing in video and the live stream (emolens.video.smoothing.make_smoother): auto is the
 #: temporal model when one fits the image model, else an EMA of the probabilities.
 SMOOTH_CHOICES: tuple[str, ...] = ("auto", "temporal", "ema", "none")
 
 
+def shift_faces(faces: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W) uint8 -> the same faces moved by (dy, dx) whole pixels, the border repeated: the views that
+    training's ``crop_pad`` augmentation shows the model (whole pixels, so no resampling blur)."""
+    if not (dy or dx):
+        return faces
+    p = max(abs(dy), abs(dx))
+    pad = np.pad(faces, ((0, 0), (p, p), (p, p)), mode="edge")
+    return np.ascontiguousarray(pad[:, p - dy:p - dy + faces.shape[1], p - dx:p - dx + faces.shape[2]])
+
+
 def tta_views(faces: np.ndarray, tta: str = "none") -> list[np.ndarray]:
-    """(N, 48, 48) uint8 -> list of views to average: none = [x]; flip = [x, mirrored x];
-    crops = the five 44x44 crops (corners + centre) resized back to 48 plus their mirrors (10 views)."""
+    """(N, 48, 48) uint8 -> list of views to average: none = [x]; flip = [x, mirrored x]; shift = flip plus x
+    moved one pixel down-right and the mirror of x moved one pixel up-left (4 views; scripts/tta.py measures
+    the sets); crops = the five 44x44 crops (corners + centre) resized back to 48 plus their mirrors (10 views)."""
     if tta == "none":
         return [faces]
     if tta == "flip":
         return [faces, faces[:, :, ::-1]]
+    if tta == "shift":
+        return [faces, faces[:, :, ::-1], shift_faces(faces, 1, 1), shift_faces(faces, -1, -1)[:, :, ::-1]]
     if tta == "crops":
         import cv2
 

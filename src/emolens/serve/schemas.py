@@ -38,7 +38,7 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-Tta = Literal["none", "flip", "crops"]
+Tta = Literal["none", "flip", "shift", "crops"]
 
 
 def _detector_names() -> tuple[str, ...]:
