@@ -36,6 +36,7 @@ import numpy as np
 
 from .predict import FileResult
 from .preprocess import CLASSES
+from .runtime import DEFAULT_TTA
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import ray.data
@@ -234,7 +235,7 @@ class FaceLabeller:
 
 
 def predict_dataset(ds: ray.data.Dataset, *, model: str | Path | None = None, runtime: str = "onnx",
-                    detector: str = "auto", tta: str = "flip", detect: bool = True, margin: float | None = None,
+                    detector: str = "auto", tta: str = DEFAULT_TTA, detect: bool = True, margin: float | None = None,
                     align: bool = True, workers: int | None = None, batch_size: int = 16,
                     num_cpus: float = ACTOR_CPUS, threads: int = 1, keep_empty: bool = False,
                     annotate_dir: str | Path | None = None, draw_bars: bool = True) -> ray.data.Dataset:

@@ -35,7 +35,7 @@ import numpy as np
 
 from .preprocess import CLASSES
 from .results import Evaluation, ModelEvaluation
-from .runtime import TTA_CHOICES
+from .runtime import DEFAULT_TTA, TTA_CHOICES
 
 TTA_MODES = TTA_CHOICES  # the runtime's, defined once
 ECE_BINS = 15
@@ -402,7 +402,7 @@ def _prepare_out(out: str | os.PathLike | None) -> Path:
 # evaluation
 
 
-def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, tta: str = "flip",
+def evaluate(data: str | os.PathLike, split: str = "public", model: Any = None, tta: str = DEFAULT_TTA,
              out: str | os.PathLike | None = None, runtime: str = "auto", batch_size: int = 256, *,
              sha256: str | Sequence[str | None] | None = None, device: str = "auto", save: bool = True,
              skip_bad: bool = False, progress: bool = False, log=None) -> Evaluation:

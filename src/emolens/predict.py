@@ -31,7 +31,7 @@ from .decode import pil_to_array as _pil_to_array
 from .faces import Box, Detection, FaceDetector, create_detector, face_crops
 from .preprocess import INPUT_SIZE, preprocess
 from .results import Face  # noqa: F401 (re-exported)
-from .runtime import TTA_CHOICES, load_classifier
+from .runtime import DEFAULT_TTA, TTA_CHOICES, load_classifier
 
 ImageInput = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray
 
@@ -152,7 +152,7 @@ class EmotionRecognizer:
     """
 
     def __init__(self, model: str | Path | None = None, runtime: str = "onnx", detector: str | FaceDetector = "auto",
-                 tta: str = "flip", detect: bool = True, margin: float | None = None, align: bool = True,
+                 tta: str = DEFAULT_TTA, detect: bool = True, margin: float | None = None, align: bool = True,
                  threads: int = 0,
                  device: str = "cpu", max_pixels: int = MAX_PIXELS):
         if tta not in TTA_CHOICES:

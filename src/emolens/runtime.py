@@ -38,6 +38,9 @@ def default_model_path(kind: Literal["onnx", "pt"] = "onnx") -> Path:
 #: the test-time augmentation modes, defined once: the CLI's --tta choices and every check use this; the
 #: ``TTA`` Literal above and ``emolens.serve.schemas.Tta`` are tested to equal it (tests/test_choices.py)
 TTA_CHOICES: tuple[str, ...] = ("none", "flip", "shift", "crops")
+#: what photos are classified with out of the box (EmotionRecognizer, emolens predict / evaluate, the Ray
+#: engine): the mode the shipped model's PublicTest accuracy and `emolens bench predict`'s default line are for
+DEFAULT_TTA: str = "flip"
 #: Per-track label smoothing in video and the live stream (emolens.video.smoothing.make_smoother): auto is the
 #: temporal model when one fits the image model, else an EMA of the probabilities.
 SMOOTH_CHOICES: tuple[str, ...] = ("auto", "temporal", "ema", "none")

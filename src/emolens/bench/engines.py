@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..results import Result
+from ..runtime import DEFAULT_TTA
 from .common import sample_frame
 
 
@@ -46,7 +47,7 @@ def _bench_images(folder: Path, n: int) -> list[Path]:
 
 
 def bench_engines(images: int = 64, workers: tuple[int, ...] = (1, 2), address: str | None = None,
-                  batch_size: int = 4, detector: str = "auto", tta: str = "flip") -> EnginesBench:
+                  batch_size: int = 4, detector: str = "auto", tta: str = DEFAULT_TTA) -> EnginesBench:
     """images/s of ``emolens predict`` on ``images`` photos, in one run: the local engine (one process), then the
     Ray engine with each number of ``workers`` (emolens.cluster). Each figure includes loading the model (each
     Ray worker loads its own); starting the Ray cluster is timed apart."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..runtime import TTA_CHOICES
+from ..runtime import DEFAULT_TTA, TTA_CHOICES
 from .common import UsageError, _add_engine_options, _check_engine_options, _connect_ray
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -30,7 +30,7 @@ def _add_predict(sub) -> None:
                    help="your own face boxes instead of detection: JSON [[x, y, w, h], ...] (every image) or "
                         "{\"photo.jpg\": [[x, y, w, h], ...]}, or CSV with columns x,y,w,h (and path), such as "
                         "a predictions.csv; an image not in the file has no faces")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="flip", help="test-time augmentation")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=DEFAULT_TTA, help="test-time augmentation")
     p.add_argument("--no-detect", action="store_true",
                    help="the images are face crops already: classify each whole image (automatic for 48x48 gray)")
     p.add_argument("--no-align", action="store_true", help="do not rotate faces to level the eyes")
@@ -330,8 +330,9 @@ def _add_evaluate(sub) -> None:
                    help=".onnx or .pt model (default: the shipped model); repeat to compare models")
     p.add_argument("--sha256", action="append", default=None, metavar="HEX",
                    help="expected sha256 of each --model, in the same order; a mismatch is an error")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="flip",
-                   help="test-time augmentation: none, flip (default: the face and its mirror) or crops (10 views)")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=DEFAULT_TTA,
+                   help="test-time augmentation: none, flip (the face and its mirror), shift (flip + two views moved "
+                        "one pixel) or crops (10 views)")
     p.add_argument("--out", default=None,
                    help="new or empty folder for the outputs (default: runs/evaluate/<time>; never overwritten)")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
