@@ -4,6 +4,7 @@ shipped pair made by ship() (fp16 .pt and an .onnx from the same rounded weights
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,19 @@ def test_ship_makes_a_slim_fp16_pair_that_agrees(checkpoint, tmp_path, capsys):
     np.testing.assert_allclose(OnnxClassifier(onnx).predict_proba(x, "flip"),
                                TorchClassifier(pt).predict_proba(x, "flip"), atol=1e-4)
     assert read_metadata(onnx)["source_sha256"] == file_sha256(pt)
+
+
+def test_ship_int8_replaces_the_onnx_with_its_int8_variant(checkpoint, fer_tree, tmp_path):
+    """ship(int8=True): the shipped .onnx is the quantised file, still tied to the shipped .pt (source_sha256) and
+    close to it; the fp32 file is not left beside it."""
+    r = ship(checkpoint, tmp_path / "w", int8=True, data=fer_tree, max_drop=1.0)  # random model: gate tested apart
+    pt, onnx = Path(r["pt"]), Path(r["onnx"])
+    meta = read_metadata(onnx)
+    assert meta["quantization"].startswith("int8-static") and meta["source_sha256"] == file_sha256(pt)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["emolens_cnn_lstm.onnx", "emolens_cnn_lstm.pt"]
+    assert r["sizes"][onnx.name] == onnx.stat().st_size
+    x = faces(16, seed=7)
+    np.testing.assert_allclose(OnnxClassifier(onnx).predict_proba(x), TorchClassifier(pt).predict_proba(x), atol=0.05)
 
 
 def test_cli_export(checkpoint, tmp_path, capsys):

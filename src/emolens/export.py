@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,10 +304,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     return ExportResult(str(out), out.stat().st_size, opset, diff, **int8)
 
 
-def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_lstm") -> dict[str, Any]:
+def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_lstm", int8: bool = False,
+         data: str | Path | None = None, max_drop: float = INT8_MAX_DROP) -> dict[str, Any]:
     """The shipped files from a training run's ``best.pt``: ``<name>.pt`` (fp16 weights, no optimizer state,
     config/metrics/history kept) and ``<name>.onnx`` exported from the same fp16-rounded weights, so torch and
-    ONNX agree. Returns a :class:`ShipResult`."""
+    ONNX agree. With ``int8`` the ``.onnx`` is the static int8 variant instead (calibrated on FER2013 ``data``,
+    refused when its PublicTest accuracy is more than INT8_MAX_DROP below fp32's): smaller and about 1.8x
+    faster on CPUs with VNNI/AMX, agreeing with torch on labels rather than to 1e-4. Returns a
+    :class:`ShipResult`."""
     from .outputs import check_outputs
 
     best_pt, weights_dir = Path(best_pt), Path(weights_dir)
@@ -328,5 +333,14 @@ def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_
     pt = weights_dir / f"{name}.pt"
     save_checkpoint(slim, pt)
     result = export_onnx(pt, weights_dir / f"{name}.onnx")
+    if int8:
+        onnx = Path(result.path)
+        tmp = onnx.with_name(f".{onnx.stem}.int8.onnx")
+        try:
+            int8_with_accuracy_check(onnx, tmp, data, max_drop)
+            os.replace(tmp, onnx)
+        finally:
+            tmp.unlink(missing_ok=True)
+        result = replace(result, size_bytes=onnx.stat().st_size)
     sizes = {pt.name: pt.stat().st_size, Path(result.path).name: result.size_bytes}
     return ShipResult(str(pt), result.path, result.max_abs_diff, sizes, sum(sizes.values()))
