@@ -40,7 +40,7 @@ def default_model_path(kind: Literal["onnx", "pt"] = "onnx") -> Path:
 TTA_CHOICES: tuple[str, ...] = ("none", "flip", "shift", "crops")
 #: what photos are classified with out of the box (EmotionRecognizer, emolens predict / evaluate, the Ray
 #: engine): the mode the shipped model's PublicTest accuracy and `emolens bench predict`'s default line are for
-DEFAULT_TTA: str = "flip"
+DEFAULT_TTA: str = "shift"
 #: Per-track label smoothing in video and the live stream (emolens.video.smoothing.make_smoother): auto is the
 #: temporal model when one fits the image model, else an EMA of the probabilities.
 SMOOTH_CHOICES: tuple[str, ...] = ("auto", "temporal", "ema", "none")

@@ -82,11 +82,11 @@ def _threads() -> dict[str, int]:
     return out
 
 
-def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[str, ...] = ("flip", "none"),
+def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[str, ...] = ("shift", "flip", "none"),
                   threads: int = 0, min_time: float = 1.0, detectors: list[str] | None = None) -> PredictBench:
     """The classifier under every runtime available (torch needs the ``.pt`` twin of the model; int8 is made
     here in a temporary folder) with each TTA mode, and the detectors (see :class:`PredictBench`)."""
-    from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path
+    from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path, read_onnx_metadata
 
     if threads:
         try:
@@ -102,18 +102,23 @@ def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[
         raise ModelError(f"{model}: give a .onnx or .pt model")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        if onnx_path is None and pt_path is not None and pt_path.exists():
+        # an int8 file (the shipped one is) is benchmarked as it is, its fp32 twin exported from the .pt
+        int8 = onnx_path if onnx_path is not None and onnx_path.exists() and \
+            "quantization" in read_onnx_metadata(onnx_path) else None
+        if (onnx_path is None or int8 is not None) and pt_path is not None and pt_path.exists():
             from ..export import export_onnx
 
             onnx_path = Path(export_onnx(pt_path, Path(tmp) / "model.onnx")["path"])
         clfs: list[tuple[str, Callable[[], Any]]] = []
         if pt_path is not None and pt_path.exists():
             clfs.append(("torch fp32", lambda: TorchClassifier(pt_path)))
-        if onnx_path is not None and onnx_path.exists():
+        if onnx_path is not None and onnx_path.exists() and onnx_path != int8:
             from ..export import quantize_int8
 
-            int8 = quantize_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration_faces())
+            if int8 is None:
+                int8 = quantize_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration_faces())
             clfs.append(("onnx fp32", lambda: OnnxClassifier(onnx_path, threads)))
+        if int8 is not None:
             clfs.append(("onnx int8", lambda: OnnxClassifier(int8, threads)))
         if not clfs:
             raise ModelError(f"{model or default_model_path('onnx')}: no such model file")
