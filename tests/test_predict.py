@@ -33,6 +33,7 @@ from emolens.predict import (  # noqa: E402
 )
 from emolens.preprocess import CLASSES, normalize, preprocess  # noqa: E402
 from emolens.runtime import (  # noqa: E402
+    DEFAULT_TTA,
     OnnxClassifier,
     TorchClassifier,
     default_model_path,
@@ -188,13 +189,13 @@ def test_48x48_gray_skips_detection_and_no_detect_uses_the_whole_image(rec):
     crop = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
     (f,) = rec.predict(crop)
     assert f.box == (0, 0, 48, 48)
-    np.testing.assert_allclose([f.probabilities[c] for c in CLASSES], rec.classifier.predict_proba(crop, "flip")[0],
-                               atol=1e-6)
+    np.testing.assert_allclose([f.probabilities[c] for c in CLASSES],
+                               rec.classifier.predict_proba(crop, DEFAULT_TTA)[0], atol=1e-6)
     big = cv2.resize(crop, (100, 100))
     (g,) = rec.predict(big, detect=False)
     assert g.box == (0, 0, 100, 100)
     np.testing.assert_allclose([g.probabilities[c] for c in CLASSES],
-                               rec.classifier.predict_proba(preprocess(big), "flip")[0], atol=1e-6)
+                               rec.classifier.predict_proba(preprocess(big), DEFAULT_TTA)[0], atol=1e-6)
 
 
 def test_predict_faces_accepts_crops_of_any_size(rec):
