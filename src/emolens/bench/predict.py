@@ -84,8 +84,9 @@ def _threads() -> dict[str, int]:
 
 def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[str, ...] = ("shift", "flip", "none"),
                   threads: int = 0, min_time: float = 1.0, detectors: list[str] | None = None) -> PredictBench:
-    """The classifier under every runtime available (torch needs the ``.pt`` twin of the model; int8 is made
-    here in a temporary folder) with each TTA mode, and the detectors (see :class:`PredictBench`)."""
+    """The classifier under every runtime available (torch needs the ``.pt`` twin of the model; an fp32 model's
+    int8 variant is made here in a temporary folder, an int8 model's fp32 twin exported from its ``.pt``) with
+    each TTA mode, and the detectors (see :class:`PredictBench`)."""
     from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path, read_onnx_metadata
 
     if threads:
