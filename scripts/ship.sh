@@ -2,8 +2,9 @@
 # Ship a trained image model and re-make every figure the README and model card quote for it:
 #   scripts/ship.sh runs/train/<run>/best.pt path/to/fer2013.zip [out-dir]
 # 1. the shipped pair (fp16 .pt + int8 ONNX, gated on PublicTest) into src/emolens/weights; 2. the temporal
-# head retrained on the new encoder (about 7 min on 2 CPU cores); 3. PublicTest evaluation (report, confusion matrix); 4. the default
-# speed line, the temporal table and the detector-quality tables. Logs go to out-dir (default runs/ship).
+# head retrained on the new encoder (about 7 min on 2 CPU cores); 3. PublicTest evaluation (report, confusion
+# matrix); 4. the default speed line, the temporal table and the detector-quality tables. Logs go to out-dir
+# (default runs/ship).
 # One job at a time: run it on a quiet machine, the speed figures depend on it.
 set -euo pipefail
 ckpt=${1:?usage: scripts/ship.sh CHECKPOINT FER2013 [OUT]}

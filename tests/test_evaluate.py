@@ -502,11 +502,11 @@ def test_shipped_model_on_real_publictest_matches_its_training_log(fer_zip_path,
     """The shipped model's PublicTest accuracy recomputed here equals the one recorded with it: the training
     loop's (flip TTA; the shipped weights are fp16-rounded, so allow 2 images of 3,589), or for an int8 file
     the export gate's (no TTA, the same file)."""
-    from emolens.runtime import default_model_path, read_onnx_metadata
+    from emolens.runtime import default_model_path, is_quantized
 
     if not default_model_path("onnx").is_file():
         pytest.skip("the shipped model is not installed")
-    int8 = "quantization" in read_onnx_metadata(default_model_path("onnx"))
+    int8 = is_quantized(default_model_path("onnx"))
     m = evaluate(fer_zip_path, "public", None, tta="none" if int8 else "flip", out=tmp_path / "real")
     assert m["count"] == 3589 and m["runtime"] == "onnx"
     recorded = m["model"]["metrics"]["public_acc_int8" if int8 else "public_acc_flip"]

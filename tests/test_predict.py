@@ -37,8 +37,8 @@ from emolens.runtime import (  # noqa: E402
     OnnxClassifier,
     TorchClassifier,
     default_model_path,
+    is_quantized,
     load_classifier,
-    read_onnx_metadata,
 )
 
 SMALL = {"widths": [8, 16, 32, 64], "lstm_hidden": 16}
@@ -103,7 +103,7 @@ def test_shipped_model_torch_and_onnx_agree(astronaut_rgb):
     pt = EmotionRecognizer(runtime="torch", detector="haar").predict(astronaut_rgb, channel_order="rgb")
     assert [f.box for f in onnx] == [f.box for f in pt]
     # an fp32 ONNX file agrees with torch to 1e-4; an int8 one (export.ship(int8=True)) on the label, within 0.05
-    int8 = "quantization" in read_onnx_metadata(default_model_path("onnx"))
+    int8 = is_quantized(default_model_path("onnx"))
     for a, b in zip(onnx, pt, strict=True):
         assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES) < (0.05 if int8 else 1e-4)
         assert a.emotion == b.emotion

@@ -250,6 +250,12 @@ def read_onnx_metadata(source: Any) -> dict[str, Any]:
     return meta
 
 
+def is_quantized(source: Any) -> bool:
+    """Whether an ONNX model (session, path or bytes) is a quantised variant (``emolens export --int8``): such
+    a file agrees with its ``.pt`` on labels, not to 1e-4, and is not quantised again."""
+    return "quantization" in read_onnx_metadata(source)
+
+
 class OnnxClassifier(Classifier):
     runtime = "onnx"
 

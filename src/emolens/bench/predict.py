@@ -87,7 +87,7 @@ def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[
     """The classifier under every runtime available (torch needs the ``.pt`` twin of the model; an fp32 model's
     int8 variant is made here in a temporary folder, an int8 model's fp32 twin exported from its ``.pt``) with
     each TTA mode, and the detectors (see :class:`PredictBench`)."""
-    from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path, read_onnx_metadata
+    from ..runtime import ModelError, OnnxClassifier, TorchClassifier, default_model_path, is_quantized
 
     if threads:
         try:
@@ -103,22 +103,24 @@ def bench_predict(model: str | Path | None = None, batch: int = 64, ttas: tuple[
         raise ModelError(f"{model}: give a .onnx or .pt model")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        # an int8 file (the shipped one is) is benchmarked as it is, its fp32 twin exported from the .pt
-        int8 = onnx_path if onnx_path is not None and onnx_path.exists() and \
-            "quantization" in read_onnx_metadata(onnx_path) else None
-        if (onnx_path is None or int8 is not None) and pt_path is not None and pt_path.exists():
+        # an int8 file (the shipped one is) is benchmarked as it is, with its fp32 twin exported from the .pt;
+        # an fp32 file with its int8 variant made here
+        has_onnx = onnx_path is not None and onnx_path.exists()
+        int8 = onnx_path if has_onnx and is_quantized(onnx_path) else None
+        fp32 = onnx_path if has_onnx and int8 is None else None
+        if fp32 is None and pt_path is not None and pt_path.exists():
             from ..export import export_onnx
 
-            onnx_path = Path(export_onnx(pt_path, Path(tmp) / "model.onnx")["path"])
+            fp32 = Path(export_onnx(pt_path, Path(tmp) / "model.onnx")["path"])
+        if int8 is None and fp32 is not None:
+            from ..export import quantize_int8
+
+            int8 = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calibration_faces())
         clfs: list[tuple[str, Callable[[], Any]]] = []
         if pt_path is not None and pt_path.exists():
             clfs.append(("torch fp32", lambda: TorchClassifier(pt_path)))
-        if onnx_path is not None and onnx_path.exists() and onnx_path != int8:
-            from ..export import quantize_int8
-
-            if int8 is None:
-                int8 = quantize_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration_faces())
-            clfs.append(("onnx fp32", lambda: OnnxClassifier(onnx_path, threads)))
+        if fp32 is not None:
+            clfs.append(("onnx fp32", lambda: OnnxClassifier(fp32, threads)))
         if int8 is not None:
             clfs.append(("onnx int8", lambda: OnnxClassifier(int8, threads)))
         if not clfs:
