@@ -276,6 +276,38 @@ def test_crop_pad_shifts_whole_pixels_without_blur():
     assert len(found) > 10  # the shifts vary
 
 
+def test_crop_size_cuts_whole_pixel_windows_with_flips():
+    """crop_size 44 trains on 44x44 windows of the 48x48 face: each output is exactly one of the 25 windows
+    (offsets 0-4 either way), mirrored or not, and the windows vary."""
+    x = torch.randn(48, 1, 48, 48)
+    cfg = _cfg(rotate=0.0, zoom=0.0, erase=0.0, hflip=True, crop_pad=0, shift=0.0, crop_size=44)
+    out = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (48, 1, 44, 44)
+    found = set()
+    for i in range(len(x)):
+        hits = [(dy, dx, m) for dy in range(5) for dx in range(5) for m in (False, True)
+                if (out[i] - (x[i].flip(2) if m else x[i])[:, dy:dy + 44, dx:dx + 44]).abs().max() < 1e-4]
+        assert hits, f"image {i} is not a whole-pixel window of its input"
+        found.add(hits[0])
+    assert len(found) > 15 and {m for *_, m in found} == {False, True}
+
+
+def test_centre_crop_is_the_middle_window():
+    from emolens.train import centre_crop
+
+    x = torch.arange(48 * 48.0).view(1, 1, 48, 48)
+    torch.testing.assert_close(centre_crop(x, 44), x[..., 2:46, 2:46])
+    assert centre_crop(x, 0) is x and centre_crop(x, 48) is x
+
+
+@pytest.mark.parametrize("size", [15, 45, 50, -2])
+def test_crop_size_must_be_even_and_fit(size):
+    from emolens.config import ConfigError
+
+    with pytest.raises(ConfigError, match="crop_size"):
+        _cfg(crop_size=size).validate()
+
+
 def test_random_erasing_rate():
     x = torch.zeros(400, 1, 48, 48)
     cfg = _cfg(rotate=0.0, zoom=0.0, shift=0.0, hflip=False, erase=0.5)

@@ -211,7 +211,7 @@ def test_early_stopping_and_resuming_a_stopped_run(one_val_data, tmp_path):
     {"optimizer": "adamw", "schedule": "cosine", "lr": 3e-3, "weight_decay": 0.05},
     {"optimizer": "sgd", "schedule": "none", "class_weights": True, "augment": False},
     {"model": "cnn", "model_kwargs": {"widths": [8, 16, 32, 64]}, "schedule": "onecycle", "mixup": 0.4,
-     "train_fraction": 0.5},
+     "train_fraction": 0.5, "crop_size": 40},
 ])
 def test_optimizers_and_schedules_train(data, tmp_path, kw):
     run = train(_cfg(data, tmp_path / "r", epochs=3, **kw), log=lambda *_: None)
@@ -227,6 +227,31 @@ def test_optimizers_and_schedules_train(data, tmp_path, kw):
         assert lrs[0] > 0.05 / 25 and lrs[-1] == pytest.approx(0.05 / 25 / 1000, rel=1e-3)
     if kw.get("train_fraction"):
         assert read_checkpoint(run / "best.pt")["metrics"]["train_images"] < 84
+    if kw.get("crop_size"):  # trained on 40 px windows, scored on the centre window; the checkpoint says so
+        ckpt = read_checkpoint(run / "best.pt")
+        assert ckpt["config"]["crop_size"] == 40
+        table = _crop_tta_table(run / "best.pt", data)
+        # the centre window is what training scored (in bf16 there, float32 here: within one of 14 images)
+        assert table["centre window"] == pytest.approx(100 * ckpt["metrics"]["public_acc"], abs=100 / 14 + 0.01)
+        assert set(table) == {"whole face", "whole face + flip", "centre window", "centre + flip", "5 windows",
+                              "10 windows (5 + flips)"}
+
+
+def _crop_tta_table(path: Path, data: Path) -> dict[str, float]:
+    """scripts/crop_tta.py's markdown table for one model, as {views: accuracy in %}."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("crop_tta", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "crop_tta.py")
+    crop_tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crop_tta)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert crop_tta.main([str(path), "--data", str(data)]) == 0
+    rows = [line.strip("|").split("|") for line in buf.getvalue().splitlines() if line.startswith("| ")][1:]
+    return {r[0].strip(): float(r[2].strip().rstrip("%")) for r in rows}
 
 
 def test_ddp_two_cpu_processes(one_val_data, env, tmp_path):

@@ -218,6 +218,10 @@ class TrainConfig:
     crop_pad: int = field(default=0, metadata={
         "help": "pad-and-random-crop: shift by a whole number of pixels, up to this many (no resampling blur; "
                 "0 = off). Replaces `shift` when set"})
+    crop_size: int = field(default=0, metadata={
+        "help": "train on random crop_size x crop_size windows of the 48x48 face, whole-pixel offsets (0 = the whole "
+                "face); PublicTest is then scored on the centre window. A recipe-search lever: the shipped runtimes "
+                "feed whole 48x48 faces (scripts/crop_tta.py scores the crop TTAs)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
     erase: float = field(default=0.5, metadata={"help": "random-erasing probability"})
     mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0 = off)"})
@@ -259,6 +263,9 @@ class TrainConfig:
         for name, lo, hi in (("label_smoothing", 0, 1), ("zoom", 0, 1), ("shift", 0, 1), ("warmup", 0, 1)):
             if not lo <= getattr(self, name) < hi:
                 raise ConfigError(f"{name}: must be in [{lo}, {hi}), got {getattr(self, name)}")
+        if self.crop_size and not (16 <= self.crop_size <= 48 and self.crop_size % 2 == 0):
+            # four 2x2 poolings need 16 px; an even margin keeps every window's offset a whole pixel from the centre
+            raise ConfigError(f"crop_size: 0 (off) or an even number of pixels from 16 to 48, got {self.crop_size}")
         if self.distill_temperature <= 0:
             raise ConfigError("distill_temperature: must be positive")
         for name in ("erase", "mix_prob", "distill_alpha"):

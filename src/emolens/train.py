@@ -73,9 +73,11 @@ def to_input(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random affine (rotate, zoom, shift, flip) then random erasing, on (B, 1, H, W) normalised input."""
-    b, _, h, w = x.shape
+    """Random affine (rotate, zoom, shift, flip) then random erasing, on (B, 1, H, W) normalised input;
+    (B, 1, crop_size, crop_size) out when ``cfg.crop_size`` cuts a random window (whole-pixel offsets)."""
+    b, c, h, w = x.shape
     dev = x.device
+    cs = cfg.crop_size if 0 < cfg.crop_size < min(h, w) else 0
 
     def u(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(b, generator=gen, device=dev) * (hi - lo) + lo
@@ -95,8 +97,16 @@ def augment_batch(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> to
     else:
         tx, ty = u(-cfg.shift, cfg.shift) * 2, u(-cfg.shift, cfg.shift) * 2
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    if cs:
+        # a cs x cs window: the sampling grid spans cs / side of the input, and the window's centre moves by a
+        # whole number of pixels, up to the margin either way, so the window still copies pixels exactly
+        cos, sin = cos * (cs / w), sin * (cs / w)
+        margin = (min(h, w) - cs) // 2
+        tx = tx + torch.randint(-margin, margin + 1, (b,), generator=gen, device=dev).float() * (2.0 / w)
+        ty = ty + torch.randint(-margin, margin + 1, (b,), generator=gen, device=dev).float() * (2.0 / h)
+        h = w = cs
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if cfg.erase > 0:
         # one rectangle per selected image, 2-25% of the area, aspect 0.3-3.3, filled with noise
@@ -289,14 +299,24 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             "lr": lr, "train_seconds": time.time() - t0}
 
 
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., H, W) -> (..., size, size), the centre window (``size`` 0 or not smaller: unchanged)."""
+    h, w = x.shape[-2:]
+    if not 0 < size < min(h, w):
+        return x
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
 def _predict_views(model: nn.Module, images: torch.Tensor, with_flip: bool, batch_size: int = 512,
-                   amp: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(plain, flip-TTA) (N, 7) log-probabilities from one pass: the flip view reuses the plain one."""
+                   amp: bool = True, crop_size: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(plain, flip-TTA) (N, 7) log-probabilities from one pass: the flip view reuses the plain one.
+    ``crop_size``: score the centre window a ``crop_size`` run trained on."""
     model.eval()
     plain, flip = [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = to_input(images[i:i + batch_size])
+            x = centre_crop(to_input(images[i:i + batch_size]), crop_size)
             with _autocast(images.device, amp):
                 logits = model(x)
                 logits_flip = model(x.flip(3)) if with_flip else None
@@ -311,10 +331,11 @@ def _predict_views(model: nn.Module, images: torch.Tensor, with_flip: bool, batc
 
 
 def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module | None = None,
-                   amp: bool = True) -> dict[str, float]:
-    """{val_loss, val_acc, val_acc_flip} on a held-out split (no augmentation). ``val_loss`` is the plain
-    cross-entropy (``loss_fn`` is kept for the API; the training loss's smoothing must not leak in)."""
-    plain, flip = _predict_views(model, images, True, amp=amp)
+                   amp: bool = True, crop_size: int = 0) -> dict[str, float]:
+    """{val_loss, val_acc, val_acc_flip} on a held-out split (no augmentation; the centre ``crop_size``
+    window when the run trained on windows). ``val_loss`` is the plain cross-entropy (``loss_fn`` is kept
+    for the API; the training loss's smoothing must not leak in)."""
+    plain, flip = _predict_views(model, images, True, amp=amp, crop_size=crop_size)
     return {"val_loss": F.nll_loss(plain, labels).item(),
             "val_acc": (plain.argmax(1) == labels).float().mean().item(),
             "val_acc_flip": (flip.argmax(1) == labels).float().mean().item()}
@@ -565,7 +586,7 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
         decision = torch.zeros(2, dtype=torch.float64, device=device)  # (selection metric, stop)
         if rank == 0:
             t0 = time.time()
-            stats.update(evaluate_split(model, x_va, y_va, amp=cfg.amp))
+            stats.update(evaluate_split(model, x_va, y_va, amp=cfg.amp, crop_size=cfg.crop_size))
             stats["eval_seconds"] = time.time() - t0
             sel = stats["val_acc_flip"] if cfg.eval_tta == "flip" else stats["val_acc"]
             if scheduler is not None and not per_step:
