@@ -336,3 +336,23 @@ def test_ablation_script_writes_its_table(data, tmp_path):
     again = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["public_acc"] for r in again] == [r["public_acc"] for r in result["rows"] if not r["augment"]]
     assert len(stamps) == 4 and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_search_table_reads_run_folders(tmp_path, capsys):
+    """scripts/search_table.py: one row per run folder, the best flip epoch, the gap to s15-base."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_table", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "search_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    for name, accs in (("s15-base", [0.50, 0.60]), ("s15-x", [0.62, 0.61])):
+        (tmp_path / name).mkdir()
+        history = [{"epoch": i + 1, "train_acc": 0.7, "val_acc": a - 0.01, "val_acc_flip": a, "train_seconds": 40.0 + i,
+                    "eval_seconds": 2.0} for i, a in enumerate(accs)]
+        (tmp_path / name / "metrics.json").write_text(json.dumps(history))
+    assert table.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| s15-base | 2 | 1.4 (41 s) | 70.0% | 59.00% / 60.00% (2) | +0.00 |" in out
+    assert "| s15-x | 2 | 1.4 (41 s) | 70.0% | 61.00% / 62.00% (1) | +2.00 |" in out
+    assert table.main([str(tmp_path / "none")]) == 1
