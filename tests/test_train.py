@@ -235,6 +235,16 @@ def test_optimizers_and_schedules_train(data, tmp_path, kw):
         assert table["centre window"] == pytest.approx(100 * ckpt["metrics"]["public_acc"], abs=100 / 14 + 0.01)
         assert set(table) == {"whole face", "whole face + flip", "centre window", "centre + flip", "5 windows",
                               "10 windows (5 + flips)"}
+        # the runtimes feed whole faces, which such a model gets wrong: refused, not shipped by mistake
+        from emolens.checkpoint import CheckpointError
+        from emolens.export import export_onnx
+        from emolens.runtime import load_classifier
+
+        with pytest.raises(CheckpointError, match="40 px windows"):
+            export_onnx(run / "best.pt", tmp_path / "m.onnx")
+        with pytest.raises(CheckpointError, match="crop_tta"):
+            load_classifier(run / "best.pt", "torch")
+        assert not (tmp_path / "m.onnx").exists()
 
 
 def _crop_tta_table(path: Path, data: Path) -> dict[str, float]:

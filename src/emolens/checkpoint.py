@@ -103,6 +103,17 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     return ckpt
 
 
+def require_whole_faces(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint trained on windows (``crop_size``) where whole 48x48 faces are fed (every runtime,
+    the export): such a model scores far lower on whole faces (26 % against 66 % on its centre window in the
+    recipe search, MODEL_CARD.md), a silent failure unless stopped here."""
+    crop = int((ckpt.get("config") or {}).get("crop_size") or 0)
+    size = int((ckpt.get("preprocess") or {}).get("input_size", 48))
+    if 0 < crop < size:
+        raise CheckpointError(f"{path}: trained on {crop} px windows (crop_size), but the runtimes feed whole "
+                              f"{size} px faces, on which it is far less accurate; score it with scripts/crop_tta.py")
+
+
 def load_model(path: str | Path, device: str = "cpu"):
     """(model in eval mode on ``device``, checkpoint dict without the weights)."""
     from .models import create_model

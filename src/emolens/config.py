@@ -220,8 +220,8 @@ class TrainConfig:
                 "0 = off). Replaces `shift` when set"})
     crop_size: int = field(default=0, metadata={
         "help": "train on random crop_size x crop_size windows of the 48x48 face, whole-pixel offsets (0 = the whole "
-                "face); PublicTest is then scored on the centre window. A recipe-search lever: the shipped runtimes "
-                "feed whole 48x48 faces (scripts/crop_tta.py scores the crop TTAs)"})
+                "face); PublicTest is then scored on the centre window. A recipe-search lever: the runtimes and the "
+                "export refuse such a model, as they feed whole faces (scripts/crop_tta.py scores its crop TTAs)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
     erase: float = field(default=0.5, metadata={"help": "random-erasing probability"})
     mixup: float = field(default=0.0, metadata={"help": "mixup alpha (0 = off)"})

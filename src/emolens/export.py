@@ -46,9 +46,11 @@ class ExportError(ValueError):
 
 def _load(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     """(fp32 model in eval mode, checkpoint dict without weights)."""
-    from .checkpoint import load_model
+    from .checkpoint import load_model, require_whole_faces
 
-    return load_model(checkpoint, "cpu")
+    model, ckpt = load_model(checkpoint, "cpu")
+    require_whole_faces(ckpt, checkpoint)
+    return model, ckpt
 
 
 def onnx_bytes(model, opset: int = DEFAULT_OPSET, input_size: int = 48) -> bytes:

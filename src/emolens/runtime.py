@@ -293,10 +293,11 @@ class TorchClassifier(Classifier):
     runtime = "torch"
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        from .checkpoint import load_model
+        from .checkpoint import load_model, require_whole_faces
 
         self.path = Path(path)
         self.model, ckpt = load_model(self.path, device)
+        require_whole_faces(ckpt, self.path)
         self.device = device
         self.classes = tuple(ckpt["classes"])
         pre = ckpt.get("preprocess", {})
