@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,7 +273,14 @@ def test_ddp_two_cpu_processes(one_val_data, env, tmp_path):
            "-m", "emolens", "train", "--device", "cpu", "--data", str(one_val_data), "--model-kwargs", SMALL_ARG,
            "--epochs", "3", "--patience", "1", "--schedule", "plateau", "--batch-size", "16", "--progress", "false",
            "--threads", "1", "--out", str(run)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    for _ in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+        # a rank now and then aborts in gloo's C++ teardown after the run is complete ("terminate called
+        # without an active exception"; in 2 of the last ~6 full suites here, never run alone): one clean
+        # rerun is required, anything else fails at once
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
+        shutil.rmtree(run, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
     ckpt = read_checkpoint(run / "last.pt")
