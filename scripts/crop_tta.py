@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         size = int((ckpt.get("config") or {}).get("crop_size") or args.crop)
         if not size:
             p.error(f"{path}: trained on whole faces; give --crop")
-        m = 48 - size
-
+        m = x.shape[-1] - size  # the far corner's offset
         whole, whole_f = _probs(model, x), _probs(model, x.flip(3))
         corners = [x[..., t:t + size, s:s + size] for t, s in ((0, 0), (0, m), (m, 0), (m, m))]
         windows = [centre_crop(x, size), *corners]
