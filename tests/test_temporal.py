@@ -237,6 +237,45 @@ def test_onnx_head_matches_torch_and_refuses_another_image_model(trained):
         load_temporal_model(out / "temporal.pt", other)
 
 
+def test_the_shipped_pair_fits_together():
+    """The shipped temporal head is used with the shipped int8 image model out of the box: `emolens video`
+    fell back to EMA for a day because int8 moved the probe embeddings 5.6 % (tolerance 5 %)."""
+    from emolens.predict import EmotionRecognizer
+    from emolens.temporal.runtime import default_temporal_path
+    from emolens.video import TemporalSmoother, frame_encoder_for, make_smoother
+
+    warnings: list[str] = []
+    smoother = make_smoother("auto", frame_encoder_for(EmotionRecognizer()), warn=warnings.append)
+    assert isinstance(smoother, TemporalSmoother), warnings
+    enc, head = load_pair()  # `emolens bench temporal`'s pair
+    assert enc.source_sha256 == OnnxTemporalHead(default_temporal_path()).meta["encoder"]["sha256"]
+
+
+def test_probe_tolerance_is_wider_only_for_an_export_of_the_same_checkpoint():
+    """Quantisation noise is allowed for an encoder exported from the head's own image checkpoint; the same
+    noise from an encoder of unknown origin is refused (another model differs by ~120 %)."""
+    from emolens.temporal.runtime import FrameEncoder, check_probe, probe_faces
+
+    probe = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+
+    class Noisy(FrameEncoder):
+        dim = 16
+
+        def __init__(self, source):
+            self.source_sha256 = source
+
+        def _run(self, x):
+            noise = np.random.default_rng(1).normal(size=probe.shape).astype(np.float32)
+            emb = probe + 0.1 * np.linalg.norm(probe) / np.linalg.norm(noise) * noise  # 10 % away
+            return np.zeros((len(x), len(CLASSES)), np.float32), emb[:len(x)]
+
+    assert len(probe_faces(4)) == 4
+    assert check_probe(Noisy("ab" * 32), probe, "head", encoder_sha256="ab" * 32) == pytest.approx(0.1, abs=1e-4)
+    for source in (None, "cd" * 32):
+        with pytest.raises(ModelError, match="another image model"):
+            check_probe(Noisy(source), probe, "head", encoder_sha256="ab" * 32)
+
+
 def test_train_sequence_cli_rejects_image_only_options(tmp_path):
     from emolens.cli import main
 

@@ -166,15 +166,16 @@ def load_pair(image_model: str | Path | None = None, temporal_model: str | Path 
     if runtime == "onnx":
         encoder: FrameEncoder = OnnxFrameEncoder(img, threads)
         head: TemporalHead = OnnxTemporalHead(tmp, threads)
-        probe = np.asarray(head.meta.get("encoder", {}).get("probe", []), np.float32)
+        ref = head.meta.get("encoder", {})
     else:
         model, ckpt = load_temporal_model(tmp, img)
         encoder = TorchFrameEncoder(model.encoder)
         head = TorchTemporalHead(model, meta=ckpt)
-        probe = np.asarray(ckpt["encoder"]["probe"], np.float32)
+        ref = ckpt["encoder"]
+    probe = np.asarray(ref.get("probe", []), np.float32)
     if head.dim != encoder.dim:
         raise ModelError(f"{tmp}: reads {head.dim}-d embeddings but {img} gives {encoder.dim}-d")
     if probe.size:
-        check_probe(encoder, probe, f"{tmp} with {img}")
+        check_probe(encoder, probe, f"{tmp} with {img}", encoder_sha256=ref.get("sha256"))
     return encoder, head
 

@@ -124,14 +124,15 @@ def make_smoother(smooth: str, encoder, temporal_model: str | None = None, ema: 
 
             model, ckpt = load_temporal_model(path, image_model if Path(str(image_model)).suffix == ".pt" else None)
             head = TorchTemporalHead(model, meta=ckpt)
-            probe = ckpt["encoder"]["probe"]
+            ref = ckpt["encoder"]
         else:
             head = OnnxTemporalHead(path)
-            probe = head.meta.get("encoder", {}).get("probe", [])
+            ref = head.meta.get("encoder", {})
+        probe = ref.get("probe", [])
         if head.dim != encoder.dim:
             raise ModelError(f"{path}: reads {head.dim}-d embeddings, the image model gives {encoder.dim}-d")
         if len(probe):
-            check_probe(encoder, np.asarray(probe, np.float32), str(path))
+            check_probe(encoder, np.asarray(probe, np.float32), str(path), encoder_sha256=ref.get("sha256"))
         return TemporalSmoother(head)
     except (ModelError, CheckpointError) as e:
         if smooth == "temporal":
