@@ -47,6 +47,8 @@ def test_check_boxes():
         check_boxes("0,0,10,10", 512, 512)
     with pytest.raises(BoxError, match="finite"):
         check_boxes([(0, 0, float("inf"), 10)], 512, 512)
+    with pytest.raises(BoxError, match="finite"):  # an int too large for a float: OverflowError, a 500 once
+        check_boxes([(0, 0, 10**400, 10)], 512, 512)
 
 
 def test_api_classifies_the_boxes_given_in_their_order(rec, astronaut):
@@ -121,7 +123,7 @@ def test_http_boxes_json_and_multipart(server, astronaut):
 
 
 @pytest.mark.parametrize("boxes", [[[-1, 0, 10, 10]], [[0, 0, 0, 10]], [[500, 500, 40, 40]], [[1, 2, 3]], "x",
-                                   [["a", 1, 1, 1]]])
+                                   [["a", 1, 1, 1]], [[0, 0, 10**400, 10]]])
 def test_http_bad_boxes_are_422(server, astronaut, boxes):
     data = cv2.imencode(".png", astronaut)[1].tobytes()
     r = httpx.post(f"{server.url}/v1/predict", json={"image": base64.b64encode(data).decode(), "boxes": boxes},

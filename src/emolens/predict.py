@@ -17,6 +17,7 @@ import functools
 import io
 import math
 import os
+import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,14 @@ class BoxError(ValueError):
     """User-given face boxes that are not boxes inside the image (malformed, negative, empty, outside)."""
 
 
+def _finite(v: Any) -> bool:
+    """True for a number that is finite as a float (an int of 400 digits overflows float())."""
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def check_boxes(boxes: Any, width: int, height: int) -> list[Box]:
     """User-given face boxes -> [(x, y, w, h)] ints, each inside the ``width`` x ``height`` image with a width
     and height of at least 1 px; BoxError naming the first bad one otherwise. Whole numbers as floats (12.0)
@@ -56,13 +65,13 @@ def check_boxes(boxes: Any, width: int, height: int) -> list[Box]:
         raise BoxError(f"boxes must be a list of [x, y, w, h], not {type(boxes).__name__}")
     out: list[Box] = []
     for i, b in enumerate(boxes):
-        what = f"box {i} ({b!r})"
+        what = f"box {i} ({reprlib.repr(b)})"
         if isinstance(b, str | bytes) or not isinstance(b, Sequence | np.ndarray) or len(b) != 4:
             raise BoxError(f"{what}: expected 4 numbers x, y, w, h")
         if not all(isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) for v in b):
             raise BoxError(f"{what}: x, y, w, h must be numbers")
-        if not all(math.isfinite(float(v)) for v in b):
-            raise BoxError(f"{what}: x, y, w, h must be finite")
+        if not all(_finite(v) for v in b):
+            raise BoxError(f"{what}: x, y, w, h must be finite numbers that fit a float")
         x, y, w, h = (int(round(float(v))) for v in b)
         if x < 0 or y < 0:
             raise BoxError(f"{what}: negative x or y; boxes are (x, y, w, h) from the image's top-left corner")
