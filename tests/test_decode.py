@@ -91,6 +91,26 @@ def test_exif_orientation_is_applied():
     assert out[:18].mean() > 200 and out[22:].mean() < 50  # the white half is now on top
 
 
+def broken_exif() -> bytes:
+    """An EXIF block with Orientation=6 and a numeric TIFF tag (0x0125) stored as ASCII: Pillow's exif_transpose
+    raises struct.error on it (the auditor's exif500 file)."""
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    ex[0x010F] = "cam"
+    raw = bytearray(ex.tobytes())
+    i = raw.find(b"\x01\x0f\x00\x02")  # tag 0x010F, type 2 (ASCII)
+    raw[i:i + 2] = b"\x01\x25"
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_broken_exif_is_ignored_not_an_error(fmt):
+    """Browsers show such a photo as decoded; so do we (it was a struct.error, a 500 on the API)."""
+    img = np.full((20, 40, 3), 128, np.uint8)
+    out = decode_bytes(_encode(img, fmt, exif=broken_exif()), f"x.{fmt.lower()}")
+    assert out.shape == (20, 40, 3)  # orientation ignored: the pixels as stored
+
+
 def test_training_and_inference_decode_the_same_array(tmp_path, astronaut_bgr):
     """The dataset loader (training, evaluation) and the photo API see the same pixels for the same file,
     and the dataset's 48x48 face is exactly preprocess() of what the API decodes."""

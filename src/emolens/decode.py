@@ -71,13 +71,26 @@ def pil_to_array(im) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+def _upright(im):
+    """``im`` turned as its EXIF orientation says; ``im`` itself when the EXIF block is broken. Pillow parses the
+    whole block to read the one tag and raises struct.error, TypeError, KeyError... on a malformed tag; the
+    pixels are fine, so, as browsers do, the broken metadata is ignored rather than the image refused."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 (any parse failure of the metadata, never of the pixels)
+        return im
+
+
 def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) BGR or (H, W) gray uint8, EXIF orientation applied.
+    """Encoded image bytes -> (H, W, 3) BGR or (H, W) gray uint8, EXIF orientation applied (a broken EXIF block
+    is ignored).
 
     Checked in order, each with its own message: empty, a format the magic bytes do not name, too many
     pixels (from the header), then the decode itself: a truncated file is an error (PIL stops there, where
     some OpenCV builds return a half-grey image)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
@@ -92,7 +105,7 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
         with Image.open(io.BytesIO(data)) as im:  # lazy: the header only, so the size check costs nothing
             check_size(im.width, im.height, name, max_pixels)
             im.load()
-            img = pil_to_array(ImageOps.exif_transpose(im))
+            img = pil_to_array(_upright(im))
     except ImageError:
         raise
     except UnidentifiedImageError:

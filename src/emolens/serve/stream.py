@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
 
+from ..decode import ImageError
 from .engine import Engine, _face_out
 from .inputs import decode_image, loads_json
 from .schemas import ApiError, Limits
@@ -140,13 +141,15 @@ class _StreamSession:
         self.processor = self.engine.new_video_processor()
 
     def process(self, data: bytes) -> dict[str, Any]:
+        """One frame -> a result reply, or an error reply: whatever the frame holds, the session goes on."""
         t0 = time.perf_counter()
         try:
             img = decode_image(data, self.limits, "frame")
+            tracked = self.processor.process(img)
         except ApiError as e:
             return {"type": "error", "error": {"code": e.code, "message": e.message}}
-        try:
-            tracked = self.processor.process(img)
+        except ImageError as e:  # decode_image turns these into ApiError; one that slips through is still the frame's
+            return {"type": "error", "error": {"code": "bad_image", "message": str(e)}}
         except Exception:  # a server bug must not look like the client's fault, nor end the session silently
             if not self.failed:
                 log.exception("live stream: processing a frame failed")
@@ -156,4 +159,3 @@ class _StreamSession:
         faces = [_face_out(f) for f in tracked]
         return {"type": "result", "width": img.shape[1], "height": img.shape[0], "faces": faces,
                 "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
-
