@@ -95,3 +95,73 @@ def test_cli_train_without_torch_prints_the_install_line(tmp_path):
     code = code.replace("'train', ", "'train', '--task', 'sequence', ")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "pip install 'emolens[train]'" in proc.stderr, proc.stderr
+
+
+def test_train_refuses_a_used_out_folder_or_a_file_before_reading_data(data, tmp_path):
+    """A finished run's folder (or anyone's folder with files, or a file) as --out: refused in one line before
+    the data is read, naming --resume; nothing in it changes. Resuming that run still works."""
+    from emolens.outputs import OutputError
+
+    run = train(_cfg(data, tmp_path / "r", epochs=1), log=lambda *_: None)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    missing = tmp_path / "no-data"  # had the data been read first, the error would be about it
+    with pytest.raises(OutputError, match=r"not empty.*--resume .*last\.pt"):
+        train(_cfg(missing, run), log=lambda *_: None)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "me.jpg").write_bytes(b"x")
+    with pytest.raises(OutputError, match="not empty; .*give another --out"):
+        train(_cfg(missing, other), log=lambda *_: None)
+    (tmp_path / "file.txt").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "emolens", "train", "--data", str(missing), "--out",
+                           str(tmp_path / "file.txt"), "--progress", "false"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is not a folder" in proc.stderr
+    assert (tmp_path / "file.txt").read_text() == "keep"
+    logs: list[str] = []
+    assert train(_cfg(data, tmp_path / "ignored", epochs=1), resume=run / "last.pt", log=logs.append) == run
+    assert "the run is complete" in logs[0]  # --resume is not refused: the folder is its own
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_nan(data, tmp_path, monkeypatch, capsys):
+    """--lr 1e9: the loss turns NaN in the first epoch; the run stops (exit 2, one line), no NaN model is saved as
+    best and the folder it made is gone. A loss that turns NaN later keeps the finite epochs' files untouched."""
+    import json
+
+    import emolens.train as train_module
+    from emolens.cli import main
+
+    out = tmp_path / "lr"
+    assert main(["train", "--data", str(data), "--out", str(out), "--lr", "1e9", "--epochs", "3",
+                 "--progress", "false", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training diverged at epoch 1") and "--lr" in err and err.count("\n") == 1
+    assert not out.exists()
+
+    real = train_module.train_one_epoch
+
+    def nan_in_epoch_2(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        return {**stats, "train_loss": float("nan")} if args[8] == 1 else stats  # args[8]: the epoch
+
+    monkeypatch.setattr(train_module, "train_one_epoch", nan_in_epoch_2)
+    run = tmp_path / "r"
+    with pytest.raises(train_module.TrainingError, match="epoch 2: the training loss is nan.*up to epoch 1"):
+        train(_cfg(data, run, epochs=3), log=lambda *_: None)
+    assert read_checkpoint(run / "best.pt")["metrics"]["epoch"] == 1
+    assert read_checkpoint(run / "last.pt")["epoch"] == 0
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())] == [1]
+
+
+def test_metrics_files_never_hold_nan(tmp_path):
+    """A non-finite value is null in metrics.json (bare NaN is not JSON) and an empty cell in metrics.csv."""
+    import json
+
+    from emolens.loop import write_metrics
+
+    write_metrics(tmp_path, [{"epoch": 1, "train_loss": float("nan"), "val_acc": float("inf")}],
+                  final={"acc": float("-inf")})
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"history": [{"epoch": 1, "train_loss": None, "val_acc": None}], "final": {"acc": None}}
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "1,,"

@@ -389,13 +389,13 @@ def _prepare_out(out: str | os.PathLike | None) -> Path:
     if not str(out).strip():
         raise EvaluateError("--out is empty: give a folder for the report, or leave --out out for "
                             "runs/evaluate/<time>")
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise EvaluateError(f"--out {path}: exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        raise EvaluateError(f"--out {path}: folder exists and is not empty; evaluate never overwrites a previous "
-                            "run: give a new folder or leave --out out")
-    return path
+    from .outputs import OutputError, check_new_folder
+
+    try:
+        return check_new_folder(out, "--out", "evaluate never overwrites a previous run: give a new folder or "
+                                              "leave --out out")
+    except OutputError as e:
+        raise EvaluateError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------------

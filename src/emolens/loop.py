@@ -30,8 +30,16 @@ def write_metrics(out: Path, history: list[dict[str, Any]], final: dict[str, Any
     the history list, or ``{"history": [...], "final": {...}}`` when ``final`` metrics are given."""
     from .checkpoint import atomic_write_bytes
 
+    history = [{k: _finite_or_none(v) for k, v in h.items()} for h in history]
+    final = None if final is None else {k: _finite_or_none(v) for k, v in final.items()}
     keys = list(history[0].keys()) if history else []
-    lines = [",".join(keys)] + [",".join(f"{h.get(k, '')}" for k in keys) for h in history]
+    lines = [",".join(keys)] + [",".join(f"{'' if h.get(k) is None else h[k]}" for k in keys) for h in history]
     atomic_write_bytes(Path(out) / "metrics.csv", ("\n".join(lines) + "\n").encode())
     doc: Any = history if final is None else {"history": history, "final": final}
-    atomic_write_bytes(Path(out) / "metrics.json", json.dumps(doc, indent=1).encode())
+    # allow_nan=False: a bare NaN is not JSON, and readers other than Python's reject the whole file
+    atomic_write_bytes(Path(out) / "metrics.json", json.dumps(doc, indent=1, allow_nan=False).encode())
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities as None (null in JSON, an empty cell in CSV); every other value as it is."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

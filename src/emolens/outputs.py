@@ -127,6 +127,39 @@ def check_outputs(inputs: Iterable[str | Path], files: Iterable[str | Path | Non
             _writable_folder(folder)
 
 
+def check_new_folder(folder: str | Path, what: str = "--out", advice: str = "give a new folder") -> Path:
+    """Refuse, before any work, an output ``folder`` that holds files already (a previous run, someone's data)
+    or that is a file: commands never write into such a folder, so nothing of the user's is replaced. A folder
+    that does not exist yet or is empty is fine (and is returned); ``advice`` ends the message.
+
+    >>> check_new_folder("runs/evaluate/old")     # doctest: +SKIP
+    OutputError: --out runs/evaluate/old: folder exists and is not empty; ...
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: exists and is not a folder; {advice}")
+    if path.is_dir() and any(path.iterdir()):
+        raise OutputError(f"{what} {path}: folder exists and is not empty; nothing in it is overwritten: {advice}")
+    _writable_folder(path)
+    return path
+
+
+def free_name(path: str | Path, taken: Iterable[str | Path] = ()) -> Path:
+    """``path`` when no file of that name exists (nor is in ``taken``), else ``<stem>-2<suffix>``,
+    ``<stem>-3<suffix>``...: a name for a new output that replaces nothing.
+
+    >>> free_name("out/photo.jpg")                # doctest: +SKIP
+    PosixPath('out/photo-2.jpg')                  # when out/photo.jpg exists
+    """
+    path = Path(path)
+    used = {Path(t) for t in taken}
+    for k in range(1, 100_000):
+        cand = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+        if cand not in used and not cand.exists() and not cand.is_symlink():
+            return cand
+    raise OutputError(f"{path}: 100000 files of this name exist; clean some up")
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

@@ -31,6 +31,10 @@ from .loop import warmup_cosine, write_metrics
 from .preprocess import CLASSES, MEAN, STD
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot go on (the loss became NaN or infinite); one line, fixable by the user."""
+
+
 def select_device(name: str = "auto") -> torch.device:
     """:func:`emolens.runtime.resolve_device` as a ``torch.device`` ("auto": CUDA when present, else CPU).
     Never call ``.cuda()`` elsewhere. RuntimeError when the device asked for does not exist."""
@@ -386,6 +390,19 @@ def _write_logs(out: Path, history: list[dict[str, Any]], plot: bool = True) -> 
         print(f"warning: learning-curve plot failed: {e}", file=sys.stderr)
 
 
+def _diverged(out: Path, cfg: TrainConfig, epoch: int, history: list[dict[str, Any]], what: str, rank: int):
+    """Stop a run whose loss or validation metrics became NaN or infinite: nothing of this epoch is saved (no NaN
+    model becomes best.pt, no NaN goes into metrics.json). A run stopped in its first epoch leaves no folder."""
+    saved = (f"best.pt and last.pt in {out} hold the run up to epoch {len(history)}" if history
+             else "nothing was saved")
+    if not history and rank == 0:
+        (out / "config.yaml").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only when empty: the folder was new or empty when the run started
+    raise TrainingError(f"training diverged at epoch {epoch + 1}: {what} (not a finite number); {saved}. "
+                        f"Lower --lr (now {cfg.lr:g}) and start a new run")
+
+
 def _dist_env() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -434,6 +451,17 @@ def _run_finished(cfg: TrainConfig, state: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_new_run_folder(out: Path) -> None:
+    """OutputError, before the data is read, when ``out`` is a file or a folder with files in it (a finished run,
+    someone's data): a new run never rewrites another's best.pt, last.pt or metrics."""
+    from .outputs import check_new_folder
+
+    advice = "give another --out"
+    if (out / "last.pt").is_file():
+        advice = f"to continue that run use --resume {out / 'last.pt'}, or {advice}"
+    check_new_folder(out, "--out", advice)
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None, log=print,
           explicit: set[str] | None = None) -> Path:
     """Train per ``cfg``; returns the run folder (``best.pt``, ``last.pt``, ``config.yaml``,
@@ -447,6 +475,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print,
     and early stopping act on every rank alike.
     """
     start_epoch, history, best, state = 0, [], {"val_acc_sel": -1.0, "epoch": -1}, None
+    if not resume and cfg.out:
+        _check_new_run_folder(Path(cfg.out))
     if resume:
         cfg, state, rpath = _resume_state(cfg, resume, explicit)
         finished = _run_finished(cfg, state)
@@ -583,11 +613,19 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank, 2))  # dropout masks
         stats = train_one_epoch(net, x_tr, y_tr, optimizer, scheduler, loss_fn, cfg, gen, epoch, rank, world, per_step,
                                 teachers)
-        decision = torch.zeros(2, dtype=torch.float64, device=device)  # (selection metric, stop)
+        if not math.isfinite(stats["train_loss"]):  # all-reduced: every rank stops here alike
+            _diverged(out, cfg, epoch, history, f"the training loss is {stats['train_loss']}", rank)
+        decision = torch.zeros(2, dtype=torch.float64, device=device)  # (selection metric, stop; -1: diverged)
         if rank == 0:
             t0 = time.time()
             stats.update(evaluate_split(model, x_va, y_va, amp=cfg.amp, crop_size=cfg.crop_size))
             stats["eval_seconds"] = time.time() - t0
+            bad = [f"{k} is {v}" for k, v in stats.items() if not math.isfinite(v)]
+            if bad:
+                decision[1] = -1.0
+                if world > 1:  # the other ranks wait in the broadcast below: tell them, then stop
+                    torch.distributed.broadcast(decision, src=0)
+                _diverged(out, cfg, epoch, history, ", ".join(bad), rank)
             sel = stats["val_acc_flip"] if cfg.eval_tta == "flip" else stats["val_acc"]
             if scheduler is not None and not per_step:
                 scheduler.step(sel)
@@ -619,6 +657,8 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
             decision[1] = float(stop)
         if world > 1:
             torch.distributed.broadcast(decision, src=0)  # also the barrier: ranks wait for rank 0's eval
+            if decision[1].item() < 0:
+                _diverged(out, cfg, epoch, history, "rank 0's validation metrics are not finite", rank)
             if rank != 0 and scheduler is not None and not per_step:
                 scheduler.step(decision[0].item())
         if decision[1].item():
@@ -631,6 +671,6 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
     return out
 
 
-__all__ = ["TrainConfig", "train", "train_one_epoch", "evaluate_split", "select_device",
+__all__ = ["TrainConfig", "TrainingError", "train", "train_one_epoch", "evaluate_split", "select_device",
            "amp_enabled", "cpu_has_fast_bf16", "teacher_probs", "distill_loss", "load_teachers",
            "load_model", "to_input", "augment_batch", "mix_batch", "epoch_seed", "steps_per_epoch"]

@@ -68,9 +68,14 @@ def _cmd_train(args) -> int:
     from ..config import TrainConfig, load_config, overrides_from_args
 
     train = _import_train()  # first: the config check itself needs torch (the model registry)
+    from ..train import TrainingError
+
     overrides = overrides_from_args(args, TrainConfig)
     cfg = load_config(TrainConfig, args.config, overrides)
-    train(cfg, resume=args.resume, explicit=set(overrides))
+    try:
+        train(cfg, resume=args.resume, explicit=set(overrides))
+    except TrainingError as e:  # a diverged run: the user's fix is a smaller --lr
+        raise UsageError(str(e)) from None
     return 0
 
 
