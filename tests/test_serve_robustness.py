@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+import time
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from test_decode import broken_exif
-from test_serve import LiveServer, make_recognizer, post, ws_url
+from test_serve import LiveServer, assert_error, make_recognizer, post, ws_url
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
@@ -43,6 +46,27 @@ def encode(img: np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
     return buf.getvalue()
 
 
+def healthz_latency_during(url: str, fn) -> tuple[object, float]:
+    """``fn()``'s result and the slowest /healthz answer (seconds) of the server at ``url`` while it ran."""
+    worst, stop = [0.0], threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            httpx.get(f"{url}/healthz", timeout=30)
+            worst[0] = max(worst[0], time.monotonic() - t0)
+            time.sleep(0.02)
+
+    th = threading.Thread(target=probe)
+    th.start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
+        th.join()
+    return out, worst[0]
+
+
 async def stream_replies(url: str, frames: list[bytes], headers=None) -> list[dict]:
     """Send each frame and wait for its answer (nothing dropped); the replies in order."""
     import websockets
@@ -67,3 +91,28 @@ def test_broken_exif_is_a_normal_image_on_http_and_stream(server):
     assert r.json()["image"] == {"width": 64, "height": 64}
     replies = asyncio.run(stream_replies(ws_url(server), [photo, b"\xff\xd8\xff junk", photo]))
     assert [r["type"] for r in replies] == ["result", "error", "result"], replies
+
+
+# ---------------------------------------------------------------------------------------------- huge bodies
+
+
+def test_many_multipart_parts_are_refused_early_and_health_stays_fast(server):
+    """200,000 empty parts (10 MB) froze the event loop for ~2.5 s (/healthz waited) and ended in a 422."""
+    part = b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\n\r\n"
+    body = part * 200_000 + b"--b--\r\n"
+
+    def send() -> httpx.Response:
+        return post(f"{server.url}/v1/predict/batch", content=body,
+                    headers={"Content-Type": "multipart/form-data; boundary=b"})
+
+    r, worst = healthz_latency_during(server.url, send)
+    assert_error(r, 413, "too_many_parts")
+    assert worst < 0.5, f"/healthz took {worst:.2f} s during the request"
+
+
+def test_json_with_millions_of_values_is_refused_before_parsing(server):
+    """json.loads holds the GIL: 16 M tiny values froze every request for a second or more."""
+    for route in ("/v1/predict/batch", "/v1/predict"):
+        body = b'{"images": [], "image": "", "pad": [' + b"0," * 500_000 + b"0]}"
+        r = post(f"{server.url}{route}", content=body, headers={"Content-Type": "application/json"})
+        assert_error(r, 413, "too_many_values")

@@ -242,7 +242,8 @@ def _limits_text(limits: Limits, batch: bool) -> str:
     if not batch:
         return each
     return (f"{each} At most {limits.max_batch} images (413) and {limits.max_request_pixels} pixels in all "
-            f"(413), {limits.max_request_bytes} bytes of request body (413).")
+            f"(413), {limits.max_request_bytes} bytes of request body (413), {limits.max_form_parts} multipart "
+            f"parts or {limits.max_json_values} JSON values (413).")
 
 
 def _request_body_spec(batch: bool, limits: Limits | None = None) -> dict[str, Any]:

@@ -135,10 +135,13 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes:
     return bytes(buf)
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | None, str, bytes]]:
+def parse_multipart(body: bytes, content_type: str, max_parts: int = Limits.max_form_parts
+                    ) -> list[tuple[str, str | None, str, bytes]]:
     """multipart/form-data body -> [(field name, filename, part content-type, data)], all in memory.
 
     Starlette's own parser spools uploads over 1 MB to a temporary file; images here never touch the disk.
+    Past ``max_parts`` parts it stops at once (413): 600,000 empty parts fit in 32 MB and cost seconds of
+    parsing, more with every part.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -151,6 +154,9 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | Non
     done = {"end": False}
 
     def on_part_begin() -> None:
+        if len(parts) >= max_parts:
+            raise ApiError(413, "too_many_parts", f"multipart body with more than {max_parts} parts: send at "
+                                                  "most the images and a few form fields")
         parts.append({"headers": {}, "data": bytearray()})
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -175,6 +181,8 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | Non
     try:
         parser.write(body)
         parser.finalize()
+    except ApiError:
+        raise
     except Exception as e:  # python-multipart raises its own types for malformed input
         raise ApiError(400, "bad_multipart", f"malformed multipart body ({str(e)[:120]})") from None
     if not done["end"]:
@@ -203,9 +211,20 @@ async def read_images(request, limits: Limits, batch: bool, fields: dict[str, An
     body = await read_body(request, limit, limits.body_timeout_s)
     if not body:
         raise ApiError(400, "empty_body", "empty request body: send an image")
+    import anyio
+
+    # Parsing 32 MB is CPU work: in a thread (not the model's limiter), so /healthz and the others are answered
+    return await anyio.to_thread.run_sync(parse_images, body, ctype, limits, batch, fields)
+
+
+def parse_images(body: bytes, content_type: str, limits: Limits, batch: bool,
+                 fields: dict[str, Any] | None = None) -> list[tuple[str, bytes]]:
+    """The images of a request body (multipart or JSON, by ``content_type``): [(name for messages, bytes)].
+    Blocking: :func:`read_images` runs it in a worker thread."""
+    media = content_type.split(";")[0].strip().lower()
     images: list[tuple[str, bytes]] = []
     if media == "multipart/form-data":
-        for field, filename, part_type, data in parse_multipart(body, ctype):
+        for field, filename, part_type, data in parse_multipart(body, content_type, limits.max_form_parts):
             if field == "boxes" and fields is not None:
                 try:
                     fields["boxes"] = loads_json(data)
@@ -222,6 +241,11 @@ async def read_images(request, limits: Limits, batch: bool, fields: dict[str, An
         if not images:
             raise ApiError(422, "missing_file", "no form field 'file' in the multipart body")
     else:
+        # json.loads holds the GIL for the whole parse (1 s for 16 M tiny values), so a thread does not help:
+        # count first (fast). Base64 has no commas: a real request has one per image or box number.
+        if body.count(b",") > limits.max_json_values:
+            raise ApiError(413, "too_many_values", f"JSON body with more than {limits.max_json_values} values: "
+                                                   "send the images and, for /v1/predict, the boxes only")
         try:
             payload = loads_json(body)
         except (ValueError, UnicodeDecodeError) as e:

@@ -28,6 +28,8 @@ class Limits:
     max_waiting_connections: int = 512  # connections without a request head; past it the oldest is closed
     max_requests: int = 64  # HTTP requests in progress at once; more get 503 (Retry-After)
     max_streams: int = 16  # live websocket streams at once; more are closed with code 1013 (try again later)
+    max_form_parts: int = 256  # parts of one multipart body (images and form fields); more is a 413
+    max_json_values: int = 10_000  # commas in one JSON body (images, box numbers); more is a 413, before parsing
 
 
 class ApiError(Exception):
