@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import threading
 import time
 
@@ -116,3 +117,44 @@ def test_json_with_millions_of_values_is_refused_before_parsing(server):
         body = b'{"images": [], "image": "", "pad": [' + b"0," * 500_000 + b"0]}"
         r = post(f"{server.url}{route}", content=body, headers={"Content-Type": "application/json"})
         assert_error(r, 413, "too_many_values")
+
+
+# ---------------------------------------------------------------------------------------------- slow uploads
+
+
+def test_slow_uploads_do_not_take_the_places_of_requests(recognizer):
+    """Each connection that had sent its headers held one of the request places until its body timed out, so
+    ``max_requests`` slow uploads made every request, /healthz included, a 503 busy."""
+    from emolens.serve import Limits, create_app
+
+    photo = encode(np.full((64, 64, 3), 128, np.uint8))
+    app = create_app(recognizer, limits=Limits(max_requests=2, body_timeout_s=20))
+    with LiveServer(app) as s:
+        slow = []
+        for _ in range(4):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
+                      b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            slow.append(c)
+        time.sleep(0.3)
+        try:
+            assert httpx.get(f"{s.url}/healthz", timeout=10).status_code == 200
+            assert httpx.get(f"{s.url}/v1/model", timeout=10).status_code == 200
+            r = post(f"{s.url}/v1/predict", files={"file": ("a.jpg", photo, "image/jpeg")})
+            assert r.status_code == 200, r.text
+        finally:
+            for c in slow:
+                c.close()
+
+
+def test_a_full_server_says_busy_but_health_and_pages_answer(recognizer):
+    """Past the bound (0 here: always full), API calls are 503 busy with Retry-After, with or without a body."""
+    from emolens.serve import Limits, create_app
+
+    with LiveServer(create_app(recognizer, limits=Limits(max_requests=0))) as s:
+        for r in (httpx.get(f"{s.url}/v1/model"),
+                  post(f"{s.url}/v1/predict", files={"file": ("a.jpg", encode(np.zeros((8, 8, 3), np.uint8)))})):
+            assert_error(r, 503, "busy")
+            assert r.headers["retry-after"] == "1"
+        assert httpx.get(f"{s.url}/healthz").status_code == 200
+        assert httpx.get(f"{s.url}/").status_code == 200

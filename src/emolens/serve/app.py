@@ -90,7 +90,8 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if exc.status == 401 else None
+        headers = ({"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if exc.status == 401
+                   else {"Retry-After": "1"} if exc.status == 503 else None)
         return error(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -270,8 +271,9 @@ def _description(limits: Limits) -> str:
 **Limits** (this server): {_limits_text(limits, batch=True)} A batch runs in chunks of about
 {limits.chunk_pixels} pixels, so small requests are answered between the chunks of a large one. The request
 body must arrive within {limits.body_timeout_s:g} s (408); a connection must send its request line and headers
-within {limits.head_timeout_s:g} s or it is closed; at most {limits.max_requests} requests are in progress at
-once (503 with `Retry-After` past that) and {limits.max_streams} live streams. Without an API key the server
+within {limits.head_timeout_s:g} s or it is closed; at most {limits.max_requests} API requests are in progress at
+once, counted from when their body has arrived (503 with `Retry-After` past that; `/healthz` and the pages are
+never refused), and {limits.max_streams} live streams. Without an API key the server
 answers only to localhost host names (400 `host_not_allowed` otherwise)."""
 
 

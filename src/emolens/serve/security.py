@@ -89,33 +89,78 @@ class _HostCheck:
 
 
 class _Admission:
-    """ASGI bound on work in progress: past ``max_requests`` HTTP requests, 503 JSON with Retry-After; past
-    ``max_streams`` websocket streams, the handshake is refused with code 1013 (try again later). Connections
-    that have not sent a request head do not count (see :class:`HeadTimeoutMixin`), so slow clients cannot
-    use up these places."""
+    """ASGI bound on work in progress: past ``max_requests`` HTTP requests to ``/v1/``, 503 JSON with Retry-After;
+    past ``max_streams`` websocket streams, the handshake is refused with code 1013 (try again later).
+
+    The bound is for model work, so a request with a body counts only once its body has arrived: a slow upload
+    holds its connection (until the body timeout), never a place, and 64 slow uploads cannot lock everyone out.
+    Pages, files and ``/healthz`` cost nothing and are never refused. Connections that have not sent a request
+    head do not count either (see :class:`HeadTimeoutMixin`)."""
 
     def __init__(self, app, max_requests: int, max_streams: int):
         self.app, self.max = app, {"http": max_requests, "websocket": max_streams}
         self.active = {"http": 0, "websocket": 0}
 
+    def _busy(self) -> ApiError:
+        return ApiError(503, "busy", f"{self.max['http']} requests in progress; retry in a moment")
+
     async def __call__(self, scope, receive, send):
         kind = scope["type"]
-        if kind not in self.active:
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+            return
+        if kind != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        if self.active[kind] >= self.max[kind]:
-            if kind == "websocket":
-                await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
+        held = False
+
+        def admit() -> None:
+            nonlocal held
+            if self.active["http"] >= self.max["http"]:
+                raise self._busy()
+            self.active["http"] += 1
+            held = True
+
+        async def receive_then_admit():
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False) and not held:
+                admit()  # the whole body is here: now it is work in progress (ApiError -> 503 from the route)
+            return message
+
+        try:
+            if _has_body(scope):
+                await self.app(scope, receive_then_admit, send)
                 return
-            await JSONResponse({"error": {"code": "busy", "message": f"{self.max[kind]} requests in progress; "
-                                          "retry in a moment"}}, status_code=503,
-                               headers={"Retry-After": "1"})(scope, receive, send)
+            try:
+                admit()
+            except ApiError as e:
+                await JSONResponse({"error": {"code": e.code, "message": e.message}}, status_code=503,
+                                   headers={"Retry-After": "1"})(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+        finally:
+            if held:
+                self.active["http"] -= 1
+
+    async def _websocket(self, scope, receive, send):
+        if self.active["websocket"] >= self.max["websocket"]:
+            await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
             return
-        self.active[kind] += 1
+        self.active["websocket"] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active[kind] -= 1
+            self.active["websocket"] -= 1
+
+
+def _has_body(scope) -> bool:
+    """Whether an HTTP request announces a body (Content-Length above 0, or chunked)."""
+    for k, v in scope.get("headers", ()):
+        if k == b"transfer-encoding":
+            return True
+        if k == b"content-length":
+            return v.strip() not in (b"0", b"")
+    return False
 
 
 class HeadTimeoutMixin:
