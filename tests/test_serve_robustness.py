@@ -36,7 +36,8 @@ def recognizer(model_dir):
 def server(recognizer):
     from emolens.serve import Limits, create_app
 
-    limits = Limits(max_upload_bytes=1_200_000, max_batch=3, max_request_bytes=40_000_000, body_timeout_s=3.0)
+    limits = Limits(max_upload_bytes=1_200_000, max_batch=3, max_request_bytes=40_000_000, body_timeout_s=3.0,
+                    ws_idle_timeout_s=3.0)
     with LiveServer(create_app(recognizer, limits=limits)) as s:
         yield s
 
@@ -158,3 +159,58 @@ def test_a_full_server_says_busy_but_health_and_pages_answer(recognizer):
             assert r.headers["retry-after"] == "1"
         assert httpx.get(f"{s.url}/healthz").status_code == 200
         assert httpx.get(f"{s.url}/").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- websocket places
+
+KEY = "robust-key-0123"
+
+
+def test_keyless_clients_cannot_take_the_stream_places(recognizer):
+    """Waiting 10 s for a key message, a keyless client held a stream place; two of them (the limit here) made
+    the keyed client's handshake fail with HTTP 403. Now: places go to authenticated clients, and a full server
+    accepts and closes with 1013 (try again later)."""
+    import websockets
+
+    from emolens.serve import Limits, create_app
+
+    async def scenario(url: str) -> tuple[str, int, int]:
+        keyless = [await websockets.connect(url) for _ in range(3)]  # silent: no key, no message
+        await asyncio.sleep(0.2)
+        key = {"X-API-Key": KEY}
+        async with websockets.connect(url, additional_headers=key) as a, \
+                websockets.connect(url, additional_headers=key) as b:
+            ready = json.loads(await asyncio.wait_for(a.recv(), 10))["type"]
+            await asyncio.wait_for(b.recv(), 10)
+            async with websockets.connect(url, additional_headers=key) as third:  # accepted, then closed: full
+                with pytest.raises(websockets.ConnectionClosed) as e:
+                    await asyncio.wait_for(third.recv(), 10)
+        for ws in keyless:
+            await ws.close()
+        async with websockets.connect(url, additional_headers=key) as again:  # places given back
+            ok = json.loads(await asyncio.wait_for(again.recv(), 10))["type"] == "ready"
+        return ready, e.value.rcvd.code, ok
+
+    app = create_app(recognizer, api_key=KEY, limits=Limits(max_streams=2))
+    with LiveServer(app) as s:
+        assert asyncio.run(scenario(ws_url(s))) == ("ready", 1013, True)
+
+
+def test_text_messages_do_not_keep_an_idle_stream_open(server):
+    """A text "ping" every so often reset the idle timer forever: a place held with no frame ever sent."""
+    import websockets
+
+    async def pinging() -> tuple[int, float]:
+        async with websockets.connect(ws_url(server), ping_interval=None) as ws:
+            await ws.recv()  # ready
+            t0 = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                while time.monotonic() - t0 < 8:
+                    await ws.send("ping")
+                    await ws.send(json.dumps({"reset": True}))
+                    await asyncio.sleep(0.5)
+                await ws.recv()
+            return e.value.rcvd.code, time.monotonic() - t0
+
+    code, after = asyncio.run(pinging())
+    assert code == 1001 and after < 4.5, (code, after)  # the idle timeout is 3 s here

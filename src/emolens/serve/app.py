@@ -36,7 +36,7 @@ from .schemas import (
     Tta,
 )
 from .security import _Admission, _HostCheck, _key_from_headers, check_api_key, host_name
-from .stream import _stream
+from .stream import StreamSlots, _stream
 
 log = logging.getLogger("emolens.serve")  # one logger name for the whole server, as before the split
 
@@ -80,7 +80,8 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "x-api-key", "authorization"])
-    app.add_middleware(_Admission, max_requests=limits.max_requests, max_streams=limits.max_streams)
+    app.add_middleware(_Admission, max_requests=limits.max_requests)
+    stream_slots = StreamSlots(limits.max_streams)
     hosts = None if api_key else frozenset(host_name(h) for h in allowed_hosts)
     app.add_middleware(_HostCheck, allowed=hosts)  # outermost: a foreign Host is refused before anything else
 
@@ -212,7 +213,7 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
         await _stream(ws, engine_getter=engine, in_thread=in_thread, api_key=api_key, limits=limits,
-                      cors_origins=cors_origins)
+                      cors_origins=cors_origins, slots=stream_slots)
 
     # ---- docs and web page, all from the package (no CDN)
     docs_static = _swagger_static_dir()
@@ -285,7 +286,9 @@ Images are processed in memory and never stored. Errors are 4xx with `{"error": 
 frames as binary messages. Each processed frame is answered with `{"type": "result", "frame", "width",
 "height", "faces": [{"track_id", "box", "emotion", "confidence", "probabilities"}], "dropped", "timing_ms"}`;
 frames sent faster than they can be processed are dropped (only the newest waits), never queued. A text
-message `{"reset": true}` restarts tracking. Idle connections are closed after a minute."""
+message `{"reset": true}` restarts tracking. A connection that sends no frame for a minute is closed (1001;
+text messages do not count); when all live-stream places are taken the server accepts and closes at once with
+code 1013 (try again later)."""
 
 _PAGE_HEADERS = {
     # Only our own scripts, styles and the API (ws: for the stream); blob:/data: for camera and upload previews.

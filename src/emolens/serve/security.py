@@ -89,27 +89,23 @@ class _HostCheck:
 
 
 class _Admission:
-    """ASGI bound on work in progress: past ``max_requests`` HTTP requests to ``/v1/``, 503 JSON with Retry-After;
-    past ``max_streams`` websocket streams, the handshake is refused with code 1013 (try again later).
+    """ASGI bound on work in progress: past ``max_requests`` HTTP requests to ``/v1/``, 503 JSON with Retry-After
+    (live streams are bounded by the stream itself, once the client is authenticated: ``stream.StreamSlots``).
 
     The bound is for model work, so a request with a body counts only once its body has arrived: a slow upload
     holds its connection (until the body timeout), never a place, and 64 slow uploads cannot lock everyone out.
     Pages, files and ``/healthz`` cost nothing and are never refused. Connections that have not sent a request
     head do not count either (see :class:`HeadTimeoutMixin`)."""
 
-    def __init__(self, app, max_requests: int, max_streams: int):
-        self.app, self.max = app, {"http": max_requests, "websocket": max_streams}
-        self.active = {"http": 0, "websocket": 0}
+    def __init__(self, app, max_requests: int):
+        self.app, self.max = app, {"http": max_requests}
+        self.active = {"http": 0}
 
     def _busy(self) -> ApiError:
         return ApiError(503, "busy", f"{self.max['http']} requests in progress; retry in a moment")
 
     async def __call__(self, scope, receive, send):
-        kind = scope["type"]
-        if kind == "websocket":
-            await self._websocket(scope, receive, send)
-            return
-        if kind != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         held = False
@@ -141,16 +137,6 @@ class _Admission:
         finally:
             if held:
                 self.active["http"] -= 1
-
-    async def _websocket(self, scope, receive, send):
-        if self.active["websocket"] >= self.max["websocket"]:
-            await send({"type": "websocket.close", "code": 1013, "reason": "server busy, try again later"})
-            return
-        self.active["websocket"] += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active["websocket"] -= 1
 
 
 def _has_body(scope) -> bool:

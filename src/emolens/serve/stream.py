@@ -31,19 +31,26 @@ def _same_origin(ws, cors_origins: Sequence[str]) -> bool:
     return urlsplit(origin).netloc == ws.headers.get("host", "")
 
 
-async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: Limits,
-                  cors_origins: Sequence[str]) -> None:
-    """One live session: a receiver keeps only the newest frame, a processor answers it.
+class StreamSlots:
+    """The live streams in progress, at most ``limit``. A place is taken only after the API key has been checked,
+    so clients without the key (which may wait 10 s for theirs) cannot fill the server."""
 
-    Protocol: server sends ``{"type": "ready"}``; client sends JPEG frames as binary messages (and, when
-    the server has a key and no header was sent, first a text ``{"api_key": "..."}``); server answers each
-    processed frame with ``{"type": "result", "frame", "faces": [{track_id, box, emotion, ...}], "dropped"}``,
-    or ``{"type": "error", "frame", "error": {...}}`` for a bad frame (the session goes on).
-    """
-    if not _same_origin(ws, cors_origins):
-        await ws.close(code=1008, reason="cross-origin websocket refused")
-        return
-    await ws.accept()
+    def __init__(self, limit: int):
+        self.limit, self.active = limit, 0
+
+    def take(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+async def _authenticated(ws, api_key: str | None, limits: Limits) -> bool:
+    """Whether the client has the key (header, or a first text message ``{"api_key": ...}`` within 10 s); closes
+    the websocket with 1008 when not."""
     try:
         key = _key_from_headers(ws.headers)
         if api_key and not key:
@@ -52,16 +59,51 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
                 key = loads_json(msg).get("api_key")
             except (ValueError, AttributeError):
                 key = None
-        try:
-            check_api_key(api_key, key if isinstance(key, str) else None)
-        except ApiError as e:
-            await ws.close(code=1008, reason=e.message)
-            return
+        check_api_key(api_key, key if isinstance(key, str) else None)
+        return True
+    except ApiError as e:
+        reason = e.message
+    except (TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
+        reason = "no API key received"
+    with contextlib.suppress(Exception):
+        await ws.close(code=1008, reason=reason)
+    return False
+
+
+async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: Limits,
+                  cors_origins: Sequence[str], slots: StreamSlots) -> None:
+    """One live session: a receiver keeps only the newest frame, a processor answers it.
+
+    Protocol: server sends ``{"type": "ready"}``; client sends JPEG frames as binary messages (and, when
+    the server has a key and no header was sent, first a text ``{"api_key": "..."}``); server answers each
+    processed frame with ``{"type": "result", "frame", "faces": [{track_id, box, emotion, ...}], "dropped"}``,
+    or ``{"type": "error", "frame", "error": {...}}`` for a bad frame (the session goes on). A full server
+    accepts, then closes with 1013 (try again later), which browsers report, unlike a refused handshake.
+    """
+    if not _same_origin(ws, cors_origins):
+        await ws.close(code=1008, reason="cross-origin websocket refused")  # before accept: HTTP 403
+        return
+    await ws.accept()
+    if not await _authenticated(ws, api_key, limits):
+        return
+    if not slots.take():
+        await ws.close(code=1013, reason=f"server busy ({slots.limit} live streams), try again later")
+        return
+    try:
+        await _session(ws, engine_getter, in_thread, limits)
+    finally:
+        slots.release()
+
+
+async def _session(ws, engine_getter, in_thread, limits: Limits) -> None:
+    """The stream of an admitted client: ready, then frames in, results out, until it leaves or goes idle."""
+    try:
         eng = engine_getter()
         await ws.send_json({"type": "ready", "model": eng.model_ref()})
-    except (TimeoutError, WebSocketDisconnect, ApiError, KeyError, RuntimeError):
-        with contextlib.suppress(Exception):
-            await ws.close(code=1008, reason="no API key received")
+    except ApiError as e:  # the model is still loading
+        await ws.close(code=1013, reason=e.message)
+        return
+    except (WebSocketDisconnect, RuntimeError):
         return
 
     try:
@@ -75,11 +117,15 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
     counters = {"received": 0, "dropped": 0}
 
     async def receiver() -> None:
+        last_frame = time.monotonic()  # only frames count as activity: a text "ping" every 25 s is not a stream
         while True:
+            left = limits.ws_idle_timeout_s - (time.monotonic() - last_frame)
             try:
-                msg = await asyncio.wait_for(ws.receive(), limits.ws_idle_timeout_s)
+                if left <= 0:
+                    raise TimeoutError
+                msg = await asyncio.wait_for(ws.receive(), left)
             except TimeoutError:
-                await ws.close(code=1001, reason=f"idle for {limits.ws_idle_timeout_s:g} s")
+                await ws.close(code=1001, reason=f"no frame for {limits.ws_idle_timeout_s:g} s")
                 return
             if msg["type"] == "websocket.disconnect":
                 return
@@ -95,6 +141,7 @@ async def _stream(ws, *, engine_getter, in_thread, api_key: str | None, limits: 
                 if isinstance(control, dict) and control.get("reset"):
                     session.reset()
                 continue  # other JSON (a repeated api_key) is ignored
+            last_frame = time.monotonic()
             if latest:
                 counters["dropped"] += 1  # the unprocessed frame is superseded: drop it, do not queue
                 latest.clear()

@@ -137,6 +137,10 @@
     ws.onclose = (ev) => {
       if (state.ws !== ws) return;  // closed by stopCamera(): nothing to report
       if (state.stream) stopCamera();
+      if (ev.code === 1013) {  // all live-stream places taken (or the model still loading): not our fault
+        setLiveStatus(`the server is busy${ev.reason ? ` (${ev.reason})` : ""}: press "Start camera" again in a moment`, true);
+        return;
+      }
       setLiveStatus(`connection closed${ev.reason ? `: ${ev.reason}` : ""}`, ev.code !== 1000);
     };
   }
