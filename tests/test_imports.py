@@ -141,3 +141,17 @@ def test_the_cycle_check_sees_lazy_imports():
     graph = import_graph()
     assert "emolens.video.crops" in graph["emolens.temporal.clips"]  # imported inside load_sequence_folder
     assert "emolens.temporal" not in graph["emolens.video.smoothing"]  # the leaf modules, not the package
+
+
+def test_the_package_exports_its_errors_and_the_hints_match_the_extras():
+    """`from emolens import BoxError` works as the README shows it, and the Ray install hint asks for the same
+    versions as the `ray` extra in pyproject.toml (it asked for >=2.9 while the extra needs >=2.40)."""
+    import tomllib
+
+    import emolens
+    from emolens.cluster import INSTALL_HINT
+
+    assert issubclass(emolens.BoxError, ValueError) and issubclass(emolens.NoFaceError, emolens.ImageError)
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert extra[0] in INSTALL_HINT, (extra, INSTALL_HINT)

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "EmotionRecognizer": "predict", "Face": "predict", "predict_emotion": "predict", "detect_emotion": "predict",
-    "to_dataframe": "predict",
+    "to_dataframe": "predict", "BoxError": "predict", "NoFaceError": "predict", "ImageError": "predict",
     "load_dataset": "data", "FERDataset": "data", "preprocess": "preprocess", "CLASSES": "preprocess",
     "create_model": "models", "list_models": "models", "load_classifier": "runtime",
     "TrainConfig": "config",

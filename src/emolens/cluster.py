@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: What to install when Ray is missing (the message of :class:`ClusterError`).
 INSTALL_HINT = 'the ray engine needs Ray, which is not installed: pip install "emolens[ray]" ' \
-               '(or pip install "ray[data]>=2.9,<3")'
+               '(or pip install "ray[data]>=2.40,<3")'
 
 #: Per-actor CPU reservation. Below 1 so that a pool with one actor per core still leaves CPU to Ray Data's read
 #: tasks: on a 2-CPU cluster two whole-CPU actors starve the reads and the run hangs.
