@@ -111,6 +111,32 @@ def test_broken_exif_is_ignored_not_an_error(fmt):
     assert out.shape == (20, 40, 3)  # orientation ignored: the pixels as stored
 
 
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A 1x1 JPEG (~630 bytes) whose frame header claims ``width`` x ``height`` (the auditor's bomb7k.jpg)."""
+    import struct
+
+    raw = bytearray(_encode(np.zeros((1, 1, 3), np.uint8), "JPEG"))
+    i = raw.find(b"\xff\xc0")
+    raw[i + 5:i + 9] = struct.pack(">HH", height, width)
+    return bytes(raw)
+
+
+def test_jpeg_too_short_for_its_size_is_truncated():
+    """libjpeg fills missing data with grey without an error: 631 bytes decoded to a 7000x7000 image."""
+    with pytest.raises(ImageError, match=r"x\.jpg: truncated or corrupt JPEG \(\d+ bytes for 7000x7000"):
+        decode_bytes(jpeg_claiming(7000, 7000), "x.jpg")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_the_smallest_real_jpegs_pass_the_length_check(mode):
+    """A uniform image with optimised tables is the densest a JPEG gets (~4 bytes per 1000 pixels)."""
+    for kw in ({"optimize": True}, {"optimize": True, "progressive": True, "quality": 1}):
+        im = Image.new(mode, (3000, 2000), 128)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", **kw)
+        assert decode_bytes(buf.getvalue()).shape[:2] == (2000, 3000)
+
+
 def test_training_and_inference_decode_the_same_array(tmp_path, astronaut_bgr):
     """The dataset loader (training, evaluation) and the photo API see the same pixels for the same file,
     and the dataset's 48x48 face is exactly preprocess() of what the API decodes."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_decode import broken_exif
+from test_decode import broken_exif, jpeg_claiming
 from test_serve import LiveServer, assert_error, make_recognizer, post, ws_url
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -214,3 +214,13 @@ def test_text_messages_do_not_keep_an_idle_stream_open(server):
 
     code, after = asyncio.run(pinging())
     assert code == 1001 and after < 4.5, (code, after)  # the idle timeout is 3 s here
+
+
+# ---------------------------------------------------------------------------------------------- implausible JPEG
+
+
+def test_jpeg_too_short_for_its_size_is_a_422(server):
+    """631 bytes claiming 7000x7000 was a 200 after seconds of work and +560 MB: now refused before decoding."""
+    r = post(f"{server.url}/v1/predict", files={"file": ("bomb.jpg", jpeg_claiming(7000, 7000), "image/jpeg")})
+    body = assert_error(r, 422, "bad_image")  # 49 M pixels: under this server's pixel limit
+    assert "truncated" in body["error"]["message"]

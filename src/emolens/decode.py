@@ -17,6 +17,11 @@ import numpy as np
 #: width x height above which an image is refused before decoding (the HTTP API and the CLI take it as default)
 MAX_PIXELS = 50_000_000
 
+#: fewest bytes a JPEG of one megapixel can take. Huffman coding spends at least 1 bit on every 8x8 block (1953
+#: bytes per megapixel of gray; a uniform grey image with optimised tables takes ~3900), so fewer is a truncated
+#: file (libjpeg fills what is missing with grey, silently: 631 bytes claiming 7000x7000 decoded to 147 MB)
+JPEG_MIN_BYTES_PER_MEGAPIXEL = 1000
+
 #: file suffixes treated as images when a folder is read (photos, datasets, frame folders)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm")
 
@@ -58,6 +63,15 @@ def check_size(width: int, height: int, name: str, max_pixels: int = MAX_PIXELS)
                          f"the limit is {max_pixels / 1e6:g}): downscale it first")
 
 
+def check_jpeg_length(n_bytes: int, width: int, height: int, name: str) -> None:
+    """ImageError when a JPEG is too short for its header's size (:data:`JPEG_MIN_BYTES_PER_MEGAPIXEL`): its data
+    is missing, and decoding would make a large grey image out of nothing."""
+    need = width * height * JPEG_MIN_BYTES_PER_MEGAPIXEL // 1_000_000
+    if n_bytes < need:
+        raise ImageError(f"{name}: truncated or corrupt JPEG ({n_bytes} bytes for {width}x{height} pixels; a JPEG "
+                         f"of that size takes at least {need} bytes)")
+
+
 def pil_to_array(im) -> np.ndarray:
     """A loaded PIL image -> (H, W, 3) BGR or (H, W) gray uint8 (16-bit gray keeps its top 8 bits, as OpenCV)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -88,8 +102,8 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     is ignored).
 
     Checked in order, each with its own message: empty, a format the magic bytes do not name, too many
-    pixels (from the header), then the decode itself: a truncated file is an error (PIL stops there, where
-    some OpenCV builds return a half-grey image)."""
+    pixels (from the header), a JPEG too short for its size, then the decode itself: a truncated file is an
+    error (PIL stops there, where some OpenCV builds return a half-grey image)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -104,6 +118,8 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     try:
         with Image.open(io.BytesIO(data)) as im:  # lazy: the header only, so the size check costs nothing
             check_size(im.width, im.height, name, max_pixels)
+            if kind == "JPEG":
+                check_jpeg_length(len(data), im.width, im.height, name)
             im.load()
             img = pil_to_array(_upright(im))
     except ImageError:
