@@ -5,6 +5,7 @@ places, implausible image headers. Each test failed before its fix."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import socket
@@ -224,3 +225,20 @@ def test_jpeg_too_short_for_its_size_is_a_422(server):
     r = post(f"{server.url}/v1/predict", files={"file": ("bomb.jpg", jpeg_claiming(7000, 7000), "image/jpeg")})
     body = assert_error(r, 422, "bad_image")  # 49 M pixels: under this server's pixel limit
     assert "truncated" in body["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------- batch messages
+
+
+def test_batch_errors_name_the_image_index_and_boxes_are_refused(server):
+    good = encode(np.full((32, 32, 3), 128, np.uint8))
+    files = [("file", ("a.jpg", good, "image/jpeg")), ("file", ("b.jpg", good, "image/jpeg")),
+             ("file", ("blob", good[: len(good) // 2], "image/jpeg"))]
+    body = assert_error(post(f"{server.url}/v1/predict/batch", files=files), 422, "bad_image")
+    assert body["error"]["message"].startswith("image 2 (blob): "), body
+    # boxes were silently ignored by the batch route
+    r = post(f"{server.url}/v1/predict/batch", files=files[:1], data={"boxes": "[[0, 0, 10, 10]]"})
+    assert "/v1/predict" in assert_error(r, 422, "bad_boxes")["error"]["message"]
+    b64 = base64.b64encode(good).decode()
+    r = post(f"{server.url}/v1/predict/batch", json={"images": [b64], "boxes": [[0, 0, 10, 10]]})
+    assert_error(r, 422, "bad_boxes")

@@ -23,6 +23,9 @@ log = logging.getLogger("emolens.serve")  # one logger name for the whole server
 API_FORMATS = ("JPEG", "PNG", "BMP", "WebP")
 
 
+_BATCH_BOXES = ("'boxes' is not taken by /v1/predict/batch (it would be ignored): send each image with its boxes "
+                "to /v1/predict")
+
 #: What an image file must be, for the spec: the server reads the format from the file's first bytes.
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/webp")
 
@@ -225,6 +228,8 @@ def parse_images(body: bytes, content_type: str, limits: Limits, batch: bool,
     images: list[tuple[str, bytes]] = []
     if media == "multipart/form-data":
         for field, filename, part_type, data in parse_multipart(body, content_type, limits.max_form_parts):
+            if field == "boxes" and batch:
+                raise ApiError(422, "bad_boxes", _BATCH_BOXES)
             if field == "boxes" and fields is not None:
                 try:
                     fields["boxes"] = loads_json(data)
@@ -233,7 +238,8 @@ def parse_images(body: bytes, content_type: str, limits: Limits, batch: bool,
                 continue
             if field not in ("file", "files"):
                 continue  # other form fields are ignored, as HTML forms may add some
-            label = filename or field
+            # a batch names the image by its index in the results too: "image 2 (blob): truncated JPEG"
+            label = f"image {len(images)} ({filename or field})" if batch else filename or field
             if part_type not in ("application/octet-stream", "") and not part_type.startswith("image/"):
                 raise ApiError(415, "unsupported_media_type",
                                f"{label}: part Content-Type {part_type!r} is not an image")
@@ -252,6 +258,8 @@ def parse_images(body: bytes, content_type: str, limits: Limits, batch: bool,
             why = " (nested too deeply)" if "nested" in str(e) else ""
             raise ApiError(400, "bad_json", f"request body is not valid JSON{why}") from None
         if batch:
+            if isinstance(payload, dict) and payload.get("boxes") is not None:
+                raise ApiError(422, "bad_boxes", _BATCH_BOXES)
             items = payload.get("images") if isinstance(payload, dict) else payload
             if not isinstance(items, list):
                 raise ApiError(422, "invalid_json", 'expected {"images": ["<base64>", ...]} or a JSON list')
