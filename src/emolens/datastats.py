@@ -99,6 +99,7 @@ def dataset_stats(data: str | os.PathLike | None = None, out: str | os.PathLike 
     ``dataset_stats("fer2013.zip").duplicates["across"]``.
     """
     from .checkpoint import atomic_write_bytes
+    from .outputs import check_new_folder, fresh_folder
     from .reports import plot_class_distribution, plot_sample_grid
 
     if data is None:
@@ -109,12 +110,15 @@ def dataset_stats(data: str | os.PathLike | None = None, out: str | os.PathLike 
                             f"images, or set EMOLENS_FER2013")
     else:
         path = Path(data)
+    # before the data is read: --out must be new or empty (a previous report is never replaced); the default
+    # runs/stats/<name> moves on to <name>-2... when a previous run's report is there
+    if out is not None:
+        out_dir = check_new_folder(out, "--out", "give a new folder or leave --out out")
+    else:
+        out_dir = fresh_folder(Path("runs") / "stats" / _stats_name(path))
     t0 = time.perf_counter()
     ds = load_dataset(path, skip_bad=skip_bad, cache=cache, progress=progress)
     load_seconds = time.perf_counter() - t0
-    out_dir = Path(out) if out is not None else Path("runs") / "stats" / _stats_name(path)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: --out exists and is not a folder")
 
     counts = ds.counts()
     counts_all = {c: int(n) for c, n in zip(CLASSES, np.bincount(ds.labels, minlength=len(CLASSES)), strict=True)}

@@ -36,6 +36,17 @@ from .runtime import META_KEYS, WEIGHTS_KEY, ModelError, onnx_graph_sha256, onnx
 
 FORMAT = "emolens-onnx"
 DEFAULT_OPSET = 17
+#: the oldest opset whose graph of these models ONNX Runtime loads (8 and below use ConstantFill, long removed)
+MIN_OPSET = 9
+
+
+def max_opset() -> int:
+    """The newest opset this PyTorch's exporter writes (23 for torch 2.13)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # no torch (export then says so), or a torch that moved the constant
+        return 23
+    return int(ONNX_MAX_OPSET)
 #: Largest accepted max |p_torch - p_onnx| over the check inputs (probabilities).
 TOLERANCE = 1e-4
 
@@ -276,18 +287,29 @@ class ShipResult(Result):
 
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: int = DEFAULT_OPSET,
                 check: bool = True, quantize: bool = False, tolerance: float = TOLERANCE,
-                data: str | Path | None = None, max_drop: float = INT8_MAX_DROP) -> dict[str, Any]:
+                data: str | Path | None = None, max_drop: float = INT8_MAX_DROP,
+                overwrite: bool = True) -> dict[str, Any]:
     """Export a ``.pt`` checkpoint to ONNX (``out`` default: beside it, ``.onnx``); with ``check``, fail when
     torch and ONNX Runtime probabilities differ by more than ``tolerance``; with ``quantize``, also write
     ``<out stem>.int8.onnx`` (calibrated on FER2013 ``data``, kept only within ``max_drop`` of fp32's PublicTest
-    accuracy). Returns an :class:`ExportResult`."""
-    from .outputs import check_outputs
+    accuracy). ``overwrite`` False (``emolens export``): an existing output is refused before the export.
+    Returns an :class:`ExportResult`."""
+    from .outputs import OutputError, check_new_files, check_outputs
 
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ExportError(f"--opset {opset}: ONNX opsets {MIN_OPSET} to {max_opset()} can be written here "
+                          f"(default {DEFAULT_OPSET})")
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the output name must end in .onnx")
-    check_outputs([checkpoint], files=[out, out.with_name(out.stem + ".int8.onnx") if quantize else None])
+    outputs = [out, out.with_name(out.stem + ".int8.onnx") if quantize else None]
+    check_outputs([checkpoint], files=outputs)
+    if not overwrite:
+        try:
+            check_new_files(outputs, "give another -o name or delete it first")
+        except OutputError as e:
+            raise ExportError(str(e)) from None
     try:
         model, ckpt = _load(checkpoint)
     except ImportError:

@@ -144,20 +144,39 @@ def check_new_folder(folder: str | Path, what: str = "--out", advice: str = "giv
     return path
 
 
-def free_name(path: str | Path, taken: Iterable[str | Path] = ()) -> Path:
-    """``path`` when no file of that name exists (nor is in ``taken``), else ``<stem>-2<suffix>``,
-    ``<stem>-3<suffix>``...: a name for a new output that replaces nothing.
+def check_new_files(files: Iterable[str | Path | None], advice: str = "give another name or delete it first") -> None:
+    """Refuse, before any work, output ``files`` that exist already: a file the user named (``-o out.mp4``) or
+    one a command would put beside its input is never replaced. ``None`` entries are skipped."""
+    for f in files:
+        if f is not None and str(f) and (Path(f).exists() or Path(f).is_symlink()):
+            raise OutputError(f"{f}: exists already and is never overwritten: {advice}")
 
-    >>> free_name("out/photo.jpg")                # doctest: +SKIP
-    PosixPath('out/photo-2.jpg')                  # when out/photo.jpg exists
-    """
+
+def fresh_folder(path: str | Path) -> Path:
+    """``path`` when it does not exist or is an empty folder, else ``path-2``, ``path-3``...: a default output
+    folder (``runs/video/<name>``) that a re-run never writes over. Not created here (see
+    :func:`new_run_folder` for a folder claimed at once)."""
     path = Path(path)
-    used = {Path(t) for t in taken}
     for k in range(1, 100_000):
-        cand = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
-        if cand not in used and not cand.exists() and not cand.is_symlink():
+        cand = path if k == 1 else path.with_name(f"{path.name}-{k}")
+        if not cand.exists() or (cand.is_dir() and not any(cand.iterdir())):
             return cand
-    raise OutputError(f"{path}: 100000 files of this name exist; clean some up")
+    raise OutputError(f"{path}: 100000 folders of this name exist; clean some up")
+
+
+def new_run_folder(path: str | Path) -> Path:
+    """Create and return a new, empty folder ``path``, or ``path-2``, ``path-3``... when it exists: each
+    candidate is claimed by an exclusive ``mkdir``, so two runs started in the same second never share one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        cand = path if k == 1 else path.with_name(f"{path.name}-{k}")
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            continue
+    raise OutputError(f"{path}: 10000 run folders of this name exist; clean some up")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ from .decode import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_bytes, read_i
 from .decode import check_size as _check_size
 from .decode import pil_to_array as _pil_to_array
 from .faces import Box, Detection, FaceDetector, create_detector, face_crops
+from .outputs import new_run_folder  # noqa: F401 (re-exported: emolens.predict.new_run_folder)
 from .preprocess import INPUT_SIZE, preprocess
 from .results import Face  # noqa: F401 (re-exported)
 from .runtime import DEFAULT_TTA, TTA_CHOICES, load_classifier
@@ -356,21 +357,6 @@ def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, problems
-
-
-def new_run_folder(path: str | Path) -> Path:
-    """Create and return a new, empty folder ``path``, or ``path-2``, ``path-3``... when it exists: each
-    candidate is claimed by an exclusive ``mkdir``, so two runs started in the same second never share one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 10_000):
-        cand = path if k == 1 else path.with_name(f"{path.name}-{k}")
-        try:
-            cand.mkdir()
-            return cand
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path}: 10000 run folders of this name exist; clean some up")
 
 
 def load_boxes_file(path: str | Path) -> dict[str | None, list[list[float]]]:

@@ -101,7 +101,7 @@ def _cmd_predict(args) -> int:
     from rich.console import Console
 
     from ..faces import DetectorError
-    from ..outputs import check_outputs
+    from ..outputs import check_new_files, check_outputs
     from ..predict import BoxError, EmotionRecognizer, expand_inputs, load_boxes_file, predict_files
 
     if args.margin is not None and not 0 <= args.margin <= 2:
@@ -121,9 +121,10 @@ def _cmd_predict(args) -> int:
     roots = [Path(p).resolve() for p in inputs if Path(p).is_dir()]
     used: set[str] = set()
     names = {path: _annotated_name(path, roots, used) for path in files} if save_dir is not None else {}
-    if save_dir is not None:  # before any work: no annotated image or CSV may replace a photo given as input
-        check_outputs(files, files=[save_dir / n for n in names.values()] + [save_dir / "predictions.csv"],
-                      folders=[save_dir])
+    if save_dir is not None:  # before any work: no annotated image or CSV may replace an input photo or a file
+        outputs = [save_dir / n for n in names.values()] + [save_dir / "predictions.csv"]
+        check_outputs(files, files=outputs, folders=[save_dir])
+        check_new_files(outputs, "give another --save-dir (or a new, empty one) or delete it first")
     err = Console(stderr=True)
     for msg in problems:
         err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
@@ -151,7 +152,8 @@ def _report_predictions(args, results, classes, total: int, failed: int, save_di
     from rich.console import Console
 
     from ..checkpoint import atomic_write_bytes
-    from ..predict import new_run_folder, predictions_csv
+    from ..outputs import new_run_folder
+    from ..predict import predictions_csv
 
     console = Console()
     csv_dir = save_dir or (Path("runs/predict") / time.strftime("%Y%m%d-%H%M%S") if many else None)
@@ -273,7 +275,7 @@ def _cmd_export(args) -> int:
                   + (" (fp32 export, before int8 replaced it)" if args.int8 else ""))
             return 0
         r = export_onnx(args.checkpoint, args.output, opset=args.opset, check=not args.no_check, quantize=args.int8,
-                        data=args.data)
+                        data=args.data, overwrite=False)
     except ExportError as e:
         raise UsageError(str(e)) from None
     print(f"{r['path']}: {r['size_bytes'] / 1e6:.2f} MB, opset {r['opset']}")

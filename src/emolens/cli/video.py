@@ -42,24 +42,40 @@ def _add_video(sub) -> None:
 
 
 def _cmd_video(args) -> int:
+    import contextlib
     import re
     from pathlib import Path
 
+    from ..outputs import check_new_files, check_outputs, fresh_folder
     from ..video import process_video
+    from ..video.run import check_plot_format
 
     if len(args.input) > 1 or args.engine == "ray":
         return _cmd_video_batch(args)
     _check_engine_options(args)
     args.input = args.input[0]
     out, csv_path, plot = args.output, args.csv, args.plot
+    folder = None
     if not (out or csv_path or plot):
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.input.split("?")[0]).stem) or "stream"
-        folder = Path("runs/video") / stem
+        # runs/video/<name>/, or <name>-2/... when a previous run's outputs are there: a re-run never replaces them
+        folder = fresh_folder(Path("runs/video") / stem)
         out, csv_path, plot = folder / "annotated.webm", folder / "timeline.csv", folder / "timeline.png"
+    else:  # files the user named: an existing one is refused before any frame, never replaced
+        check_outputs([args.input], files=[out, csv_path, plot])  # first: "this is the input" says more
+        check_new_files([out, csv_path, plot])
     if args.max_frames < 0:
         raise UsageError("--max-frames must be 0 or more")
-    res = process_video(args.input, out, csv_path, plot, max_frames=args.max_frames, progress=not args.no_progress,
-                        draw_bars=not args.no_bars, codec=args.codec, **_video_kwargs(args))
+    check_plot_format(plot)
+    try:
+        res = process_video(args.input, out, csv_path, plot, max_frames=args.max_frames,
+                            progress=not args.no_progress, draw_bars=not args.no_bars, codec=args.codec,
+                            **_video_kwargs(args))
+    except BaseException:
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a failed run leaves no empty default folder
+        raise
     print(f"{res.frames} frames, {res.tracks} track(s), {res.rows} rows; {res.processing_fps:.1f} fps "
           f"({res.realtime_ratio:.2f}x real time at {res.fps:g} fps); smoothing: {res.smoothing}")
     for kind, path in res.outputs.items():
@@ -142,8 +158,10 @@ def _add_webcam(sub) -> None:
 
 
 def _cmd_webcam(args) -> int:
+    from ..outputs import check_new_files
     from ..video import run_webcam
 
+    check_new_files([args.record])  # a recording never replaces an existing file
     n = run_webcam(args.source, record=args.record, max_frames=args.max_frames, codec=args.codec,
                    **_video_kwargs(args))
     print(f"{n} frames")

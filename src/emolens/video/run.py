@@ -45,6 +45,19 @@ class VideoResult:
         return self.processing_fps / self.fps if self.fps else float("nan")
 
 
+#: timeline plot formats (matplotlib writes each without extra packages)
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp")
+
+
+def check_plot_format(plot_path: str | Path | None) -> None:
+    """OutputError, before any frame is processed, for a plot name matplotlib cannot write (``--plot p.txt``)."""
+    from ..outputs import OutputError
+
+    if plot_path and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
+        raise OutputError(f"--plot {plot_path}: a plot is written as {', '.join(PLOT_SUFFIXES)}; "
+                          "give a name ending in one of them")
+
+
 def process_video(source: str, output: str | Path | None = None, csv_path: str | Path | None = None,
                   plot_path: str | Path | None = None, *, processor: VideoProcessor | None = None,
                   max_frames: int = 0, progress: bool = True, draw_bars: bool = True,
@@ -61,6 +74,7 @@ def process_video(source: str, output: str | Path | None = None, csv_path: str |
 
     log = log or (lambda m: print(m, file=sys.stderr))
     check_outputs([source], files=[output, csv_path, plot_path])  # before any work: never replace the input
+    check_plot_format(plot_path)
     with sigterm_as_interrupt():  # kill (SIGTERM) cleans up like Ctrl-C: no hidden partial files left
         return _process_video(source, output, csv_path, plot_path, processor=processor, max_frames=max_frames,
                               progress=progress, draw_bars=draw_bars, log=log, codec=codec, **processor_kwargs)
