@@ -242,3 +242,9 @@ def test_batch_errors_name_the_image_index_and_boxes_are_refused(server):
     b64 = base64.b64encode(good).decode()
     r = post(f"{server.url}/v1/predict/batch", json={"images": [b64], "boxes": [[0, 0, 10, 10]]})
     assert_error(r, 422, "bad_boxes")
+
+
+def test_head_on_health_and_page(server):
+    for path in ("/healthz", "/"):
+        r = httpx.head(f"{server.url}{path}")
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)

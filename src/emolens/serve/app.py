@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -140,6 +140,12 @@ def create_app(recognizer: Any = None, api_key: str | None = None, max_upload_mb
         """Liveness and readiness (no API key needed)."""
         return {"status": "ok" if state["engine"] is not None else "loading", "version": __version__,
                 "model_loaded": state["engine"] is not None, "auth_required": api_key is not None}
+
+    @app.head("/healthz", include_in_schema=False)
+    @app.head("/", include_in_schema=False)
+    async def head() -> Response:
+        """Monitors and load balancers probe with HEAD: 200, no body (not 405)."""
+        return Response(headers={"Cache-Control": "no-store"})
 
     @app.get("/v1/model", tags=["model"], response_model=ModelOut, dependencies=auth,
              responses={401: err})
