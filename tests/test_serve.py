@@ -177,6 +177,19 @@ def test_healthz_and_model_card(server):
     assert m["classes"] == list(CLASSES)
     assert len(m["sha256"]) == 64 and m["name"] and m["runtime"] in ("onnx", "torch")
     assert "accuracy" in m
+    if m["accuracy"] is not None:  # the server's default is one view: the figure must be for one view too
+        assert m["accuracy_tta"] == "none", m
+
+
+def test_model_accuracy_is_for_the_views_the_server_uses():
+    """/v1/model once showed the flip-TTA figure (70.6 %) of a server that runs one view (68.9 %)."""
+    from emolens.serve.engine import _recorded_accuracy
+
+    metrics = {"public_acc": 0.689, "public_acc_int8": 0.6887, "public_acc_flip": 0.706}
+    assert _recorded_accuracy(metrics, "none") == (0.6887, "none")
+    assert _recorded_accuracy(metrics, "flip") == (0.706, "flip")
+    assert _recorded_accuracy({"public_acc_flip": float("nan")}, "none") == (None, None)
+    assert _recorded_accuracy({"public_acc_flip": 0.7}, "none") == (0.7, "flip")
 
 
 def test_predict_multipart_finds_the_astronaut(server, photo):

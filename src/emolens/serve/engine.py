@@ -50,10 +50,10 @@ class Engine:
         if self._info is None:
             info = self.classifier.info()
             metrics = info.get("metrics") or {}
-            acc = metrics.get("public_acc_flip", metrics.get("public_acc"))
+            acc, acc_tta = _recorded_accuracy(metrics, getattr(self.recognizer, "tta", "none"))
             self._info = {"name": info.get("name", ""), "runtime": info.get("runtime", ""),
                           "classes": list(info.get("classes", [])), "sha256": info.get("sha256", ""),
-                          "accuracy": None if acc is None or not math.isfinite(float(acc)) else float(acc),
+                          "accuracy": acc, "accuracy_tta": acc_tta,
                           "metrics": _finite(metrics), "stream_smoothing": self.stream_smoothing(),
                           "version": __version__}
         return self._info
@@ -135,3 +135,17 @@ def load_recognizer(model: str | None = None, runtime: str = "auto", detector: s
     except DetectorError as e:
         raise ValueError(str(e)) from None
 
+
+def _recorded_accuracy(metrics: dict[str, Any], tta: str) -> tuple[float | None, str | None]:
+    """The FER2013 public-test accuracy the model file records for the views this server uses (``tta``), and
+    which views that figure is for: the server's default is one view, so a flip figure would promise more
+    than it gives (the model file records no view (none) and flip; other TTAs report the flip figure)."""
+    if tta == "none":
+        keys = [("public_acc_int8", "none"), ("public_acc", "none"), ("public_acc_flip", "flip")]
+    else:
+        keys = [("public_acc_flip", "flip"), ("public_acc", "none")]
+    for key, views in keys:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and math.isfinite(float(value)):
+            return float(value), views
+    return None, None

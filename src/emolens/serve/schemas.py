@@ -103,7 +103,10 @@ class ModelOut(BaseModel):
     runtime: str
     classes: list[str]
     sha256: str = Field(description="SHA-256 of the model file")
-    accuracy: float | None = Field(description="FER2013 public-test accuracy recorded in the model file")
+    accuracy: float | None = Field(description="FER2013 public-test accuracy recorded in the model file, for the "
+                                   "test-time views of accuracy_tta")
+    accuracy_tta: str | None = Field(None, description="the views that accuracy is for: none (one view, this "
+                                     "server's default) or flip")
     metrics: dict[str, Any]
     stream_smoothing: str = Field(description="how /v1/stream smooths labels per track: temporal, ema or none")
     version: str = Field(description="emolens version")

@@ -61,7 +61,8 @@
       return;
     }
     state.classes = body.classes;
-    const acc = body.accuracy == null ? "accuracy not recorded" : `FER2013 public test accuracy ${pct(body.accuracy)}`;
+    const acc = body.accuracy == null ? "accuracy not recorded"
+    : `FER2013 public test accuracy ${pct(body.accuracy)}${body.accuracy_tta === "flip" ? " (with flip TTA)" : ""}`;
     $("model-info").textContent = `model ${body.name} (${body.runtime}), ${acc}, sha256 ${body.sha256.slice(0, 12)}`;
   }
 
