@@ -165,3 +165,26 @@ def test_metrics_files_never_hold_nan(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"history": [{"epoch": 1, "train_loss": None, "val_acc": None}], "final": {"acc": None}}
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "1,,"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-kwargs", "{lstm_hidden: -5}"], "model_kwargs {'lstm_hidden': -5}: do not fit model cnn_lstm"),
+    (["--model-kwargs", "{bogus: 3}"], "unexpected keyword argument 'bogus'"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
+])
+def test_bad_model_kwargs_and_devices_are_one_line_before_any_folder(data, tmp_path, capsys, args, message):
+    from emolens.cli import main
+
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(data), "--out", str(out), "--progress", "false", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Error:" not in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cli_train_on_cuda_without_gpu_is_one_line(data, tmp_path, capsys):
+    from emolens.cli import main
+
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "error: device cuda requested but no CUDA GPU is available; use --device cpu\n"

@@ -32,18 +32,19 @@ from .preprocess import CLASSES, MEAN, STD
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on (the loss became NaN or infinite); one line, fixable by the user."""
+    """A run that cannot start or go on (no such device; the loss became NaN or infinite); one line, fixable by
+    the user."""
 
 
 def select_device(name: str = "auto") -> torch.device:
     """:func:`emolens.runtime.resolve_device` as a ``torch.device`` ("auto": CUDA when present, else CPU).
-    Never call ``.cuda()`` elsewhere. RuntimeError when the device asked for does not exist."""
+    Never call ``.cuda()`` elsewhere. TrainingError (a RuntimeError) when the device asked for does not exist."""
     from .runtime import ModelError, resolve_device
 
     try:
         return torch.device(resolve_device(name))
     except ModelError as e:
-        raise RuntimeError(str(e)) from None
+        raise TrainingError(str(e)) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -462,6 +463,17 @@ def _check_new_run_folder(out: Path) -> None:
     check_new_folder(out, "--out", advice)
 
 
+def _check_model_kwargs(cfg: TrainConfig) -> None:
+    """ConfigError, before the data is read or the run folder made, when ``model_kwargs`` do not build the model
+    (an unknown name, a negative size)."""
+    from .models import create_model
+
+    try:
+        create_model(cfg.model, **cfg.model_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model_kwargs {cfg.model_kwargs}: do not fit model {cfg.model}: {e}") from None
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None, log=print,
           explicit: set[str] | None = None) -> Path:
     """Train per ``cfg``; returns the run folder (``best.pt``, ``last.pt``, ``config.yaml``,
@@ -475,8 +487,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=print,
     and early stopping act on every rank alike.
     """
     start_epoch, history, best, state = 0, [], {"val_acc_sel": -1.0, "epoch": -1}, None
-    if not resume and cfg.out:
-        _check_new_run_folder(Path(cfg.out))
+    if not resume:
+        if cfg.out:
+            _check_new_run_folder(Path(cfg.out))
+        _check_model_kwargs(cfg)
     if resume:
         cfg, state, rpath = _resume_state(cfg, resume, explicit)
         finished = _run_finished(cfg, state)

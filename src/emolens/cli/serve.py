@@ -42,10 +42,14 @@ def _add_serve(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
+    import math
+
     from ..serve import ServeOptions, serve
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: use 1-65535")
+    if not math.isfinite(args.max_upload_mb):  # inf and nan would pass the check below and fail after the banner
+        raise UsageError(f"--max-upload-mb {args.max_upload_mb}: give a finite number of megabytes, e.g. 10")
     if min(args.max_upload_mb, args.max_pixels, args.max_batch, args.max_request_pixels) <= 0:
         raise UsageError("--max-upload-mb, --max-pixels, --max-batch and --max-request-pixels must be positive")
     opts = ServeOptions(model=args.model, runtime=args.runtime, detector=args.detector, tta=args.tta,
