@@ -357,6 +357,14 @@ def test_csv_header_without_required_columns(tmp_path):
     assert "header must have 'emotion' and 'pixels'" in _error(load_dataset, path)
 
 
+def test_csv_without_a_header_names_its_first_row_briefly(tmp_path):
+    """A fer2013.csv without its header: the first row (2304 pixel values) is shown shortened, not as 8 KB."""
+    pixels = " ".join(["100"] * 48 * 48)
+    path = _write_csv(tmp_path / "x.csv", [["3", pixels, "Training"]], header=("0", pixels, "Training"))
+    msg = _error(load_dataset, path)
+    assert "header must have 'emotion' and 'pixels'" in msg and "'100 100" in msg and len(msg) < 300
+
+
 def test_csv_with_only_a_header(tmp_path):
     assert "no valid rows" in _error(load_dataset, _write_csv(tmp_path / "fer2013.csv", []))
 

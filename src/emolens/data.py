@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import os
+import reprlib
 import warnings
 import zipfile
 import zlib
@@ -380,8 +381,12 @@ def _load_csv_stream(stream, where: str, skip_bad: bool) -> FERDataset:
     header = first[1]
     cols = [h.strip().lower() for h in header]
     if "emotion" not in cols or "pixels" not in cols:
+        # a header-less file's first row is 2304 pixel values: show the start of it, not 8 KB
+        shorten = reprlib.Repr()
+        shorten.maxlist, shorten.maxstring = 6, 60
+        short = shorten.repr(header)
         raise DataError(f"{where}: CSV header must have 'emotion' and 'pixels' columns (and optionally 'Usage'), "
-                        f"got {header}")
+                        f"got {short}")
     ie, ip = cols.index("emotion"), cols.index("pixels")
     iu = cols.index("usage") if "usage" in cols else None
     images, labels, splits, sources, skipped = [], [], [], [], []
