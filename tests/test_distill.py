@@ -98,6 +98,7 @@ def test_missing_teacher_is_a_checkpoint_error(data, tmp_path, monkeypatch):
     monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(CheckpointError, match="no such model file"):
         train(_cfg(data, tmp_path / "s", epochs=1, teachers=[str(tmp_path / "nope.pt")]), log=lambda *_: None)
+    assert not (tmp_path / "s").exists()  # no half-made run folder: the retry would be refused as "not empty"
 
 
 def test_cpu_autocast_runs_bf16_only_where_the_cpu_is_fast():

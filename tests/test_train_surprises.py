@@ -123,6 +123,22 @@ def test_train_refuses_a_used_out_folder_or_a_file_before_reading_data(data, tmp
     assert "the run is complete" in logs[0]  # --resume is not refused: the folder is its own
 
 
+def test_a_run_killed_before_its_first_epoch_can_start_again(data, tmp_path):
+    """A run killed in its first epoch leaves only the config.yaml it wrote for its folder: the same command
+    starts again there (scripts/search.sh does). A config.yaml written for another folder is someone's: kept."""
+    from emolens.config import save_config
+    from emolens.outputs import OutputError
+
+    cfg = _cfg(data, tmp_path / "k", epochs=1)
+    (tmp_path / "k").mkdir()
+    save_config(cfg, tmp_path / "k" / "config.yaml")
+    assert (train(cfg, log=lambda *_: None) / "best.pt").is_file()
+    (tmp_path / "m").mkdir()
+    save_config(_cfg(data, tmp_path / "elsewhere"), tmp_path / "m" / "config.yaml")
+    with pytest.raises(OutputError, match="not empty"):
+        train(_cfg(data, tmp_path / "m", epochs=1), log=lambda *_: None)
+
+
 def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_nan(data, tmp_path, monkeypatch, capsys):
     """--lr 1e9: the loss turns NaN in the first epoch; the run stops (exit 2, one line), no NaN model is saved as
     best and the folder it made is gone. A loss that turns NaN later keeps the finite epochs' files untouched."""

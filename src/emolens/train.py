@@ -460,7 +460,23 @@ def _check_new_run_folder(out: Path) -> None:
     advice = "give another --out"
     if (out / "last.pt").is_file():
         advice = f"to continue that run use --resume {out / 'last.pt'}, or {advice}"
+    if _only_own_config(out):
+        return  # a run stopped before its first epoch left only the config it wrote for this folder: start again
     check_new_folder(out, "--out", advice)
+
+
+def _only_own_config(out: Path) -> bool:
+    """Whether ``out`` holds nothing but a ``config.yaml`` that a run wrote for this very folder (its ``out``):
+    what a run killed before its first epoch leaves. Anything else in the folder is someone's and is kept."""
+    import yaml
+
+    try:
+        if not out.is_dir() or [p.name for p in out.iterdir()] != ["config.yaml"]:
+            return False
+        doc = yaml.safe_load((out / "config.yaml").read_text())
+        return isinstance(doc, dict) and Path(str(doc.get("out", ""))).resolve() == out.resolve()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
 
 
 def _check_model_kwargs(cfg: TrainConfig) -> None:
@@ -540,6 +556,9 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    # the teachers first: a missing or broken one is an error before the data is read and before the run
+    # folder exists (a failed start used to leave a config.yaml that the retry then refused as "not empty")
+    teachers = load_teachers(cfg.teachers, device, cfg.channels_last) if cfg.teachers else []
     if not cfg.data:
         cfg.data = str(default_data_path())
     ds = load_dataset(cfg.data, progress=cfg.progress and rank == 0)
@@ -596,7 +615,6 @@ def _train(cfg: TrainConfig, state: dict[str, Any] | None, start_epoch: int, his
         weights = (counts.sum() / (len(CLASSES) * counts)).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
 
-    teachers = load_teachers(cfg.teachers, device, cfg.channels_last) if cfg.teachers else []
     if teachers and rank == 0:
         log(f"distilling from {len(teachers)} teacher(s) (alpha {cfg.distill_alpha}, T {cfg.distill_temperature})")
 
