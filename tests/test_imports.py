@@ -155,3 +155,8 @@ def test_the_package_exports_its_errors_and_the_hints_match_the_extras():
     root = Path(__file__).resolve().parents[1]
     extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
     assert extra[0] in INSTALL_HINT, (extra, INSTALL_HINT)
+    from emolens.runtime import TORCH_HINT  # every torch-only command's message: the CPU wheel of the same range
+
+    torch_req = next(r for r in tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["train"] if r.startswith("torch"))
+    assert f'"{torch_req}" --index-url https://download.pytorch.org/whl/cpu' in TORCH_HINT, TORCH_HINT

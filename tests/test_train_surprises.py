@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emolens.checkpoint import read_checkpoint
+from emolens.runtime import WEIGHTS_DIR
 from emolens.train import train
 from test_train import _cfg, _history, write_kaggle_folder
 
@@ -91,10 +92,13 @@ def test_cli_train_without_torch_prints_the_install_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr
     assert "pip install 'emolens[train]'" in proc.stderr
-    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in proc.stderr
-    code = code.replace("'train', ", "'train', '--task', 'sequence', ")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "pip install 'emolens[train]'" in proc.stderr, proc.stderr
+    assert "--index-url https://download.pytorch.org/whl/cpu" in proc.stderr  # the CPU-only wheel, not CUDA's
+    for args in ("'train', '--task', 'sequence', '--epochs', '1', '--data', 'x'",
+                 f"'export', {str(WEIGHTS_DIR / 'emolens_cnn_lstm.pt')!r}, '-o', 'm.onnx'"):
+        proc = subprocess.run([sys.executable, "-c", code.replace("'train', '--epochs', '1', '--data', 'x'", args)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+        assert "pip install 'emolens[train]'" in proc.stderr and "/whl/cpu" in proc.stderr, proc.stderr
 
 
 def test_train_refuses_a_used_out_folder_or_a_file_before_reading_data(data, tmp_path):

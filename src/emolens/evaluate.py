@@ -35,7 +35,7 @@ import numpy as np
 
 from .preprocess import CLASSES
 from .results import Evaluation, ModelEvaluation
-from .runtime import DEFAULT_TTA, TTA_CHOICES
+from .runtime import DEFAULT_TTA, TORCH_HINT, TTA_CHOICES
 
 TTA_MODES = TTA_CHOICES  # the runtime's, defined once
 ECE_BINS = 15
@@ -209,7 +209,7 @@ def _resolve_device(runtime: str, device: str) -> str:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise EvaluateError("the torch runtime needs PyTorch: pip install 'emolens[train]'") from None
+        raise EvaluateError(f"the torch runtime needs {TORCH_HINT}") from None
     try:
         return resolve_device(device)
     except ModelError as e:

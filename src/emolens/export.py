@@ -32,7 +32,16 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .results import Result
-from .runtime import META_KEYS, WEIGHTS_KEY, ModelError, onnx_graph_sha256, onnx_session, read_onnx_metadata, softmax
+from .runtime import (
+    META_KEYS,
+    TORCH_HINT,
+    WEIGHTS_KEY,
+    ModelError,
+    onnx_graph_sha256,
+    onnx_session,
+    read_onnx_metadata,
+    softmax,
+)
 
 FORMAT = "emolens-onnx"
 DEFAULT_OPSET = 17
@@ -313,7 +322,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, opset: in
     try:
         model, ckpt = _load(checkpoint)
     except ImportError:
-        raise ModelError("export needs PyTorch: pip install 'emolens[train]'") from None
+        raise ModelError(f"export needs {TORCH_HINT}") from None
     size = int(ckpt.get("preprocess", {}).get("input_size", 48))
     graph = write_metadata(onnx_bytes(model, opset, size), _metadata(ckpt, file_sha256(checkpoint)))
     atomic_write_bytes(out, graph)
@@ -344,7 +353,7 @@ def ship(best_pt: str | Path, weights_dir: str | Path, name: str = "emolens_cnn_
     try:
         from .models import create_model
     except ImportError:
-        raise ModelError("ship needs PyTorch: pip install 'emolens[train]'") from None
+        raise ModelError(f"ship needs {TORCH_HINT}") from None
     model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
     state = {k: (v.half().float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
     try:

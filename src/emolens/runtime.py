@@ -26,6 +26,12 @@ META_KEYS = ("emolens.format", "emolens.model", "emolens.classes", "emolens.prep
 WEIGHTS_KEY = "emolens.weights_sha256"
 
 
+#: What every command that needs PyTorch says when it is missing: the extra, and the CPU-only wheel first
+#: (a plain `pip install torch` on Linux pulls the multi-GB CUDA build).
+TORCH_HINT = ("PyTorch: pip install 'emolens[train]' (CPU-only PyTorch, without the multi-GB CUDA build: "
+              "pip install \"torch>=2.4,<2.14\" --index-url https://download.pytorch.org/whl/cpu first)")
+
+
 class ModelError(ValueError):
     """A model file that cannot be used (missing, not a model, wrong inputs)."""
 
@@ -333,7 +339,7 @@ def load_classifier(model: str | Path | None = None, runtime: str = "auto", thre
         try:
             return TorchClassifier(path, device)
         except ImportError:
-            raise ModelError("the torch runtime needs PyTorch: pip install 'emolens[train]'") from None
+            raise ModelError(f"the torch runtime needs {TORCH_HINT}") from None
     if path.suffix == ".pt":
         raise ModelError(f"{path}: the onnx runtime needs an .onnx file; export one with `emolens export {path}`")
     return OnnxClassifier(path, threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime import TTA_CHOICES
+from ..runtime import TORCH_HINT, TTA_CHOICES
 from .common import UsageError, _add_video_options, _video_kwargs
 
 
@@ -201,7 +201,7 @@ def _cmd_bench_train(args) -> int:
     try:
         from ..models import list_models
     except ImportError:
-        raise UsageError("bench train needs PyTorch: pip install 'emolens[train]'") from None
+        raise UsageError(f"bench train needs {TORCH_HINT}") from None
 
     names = args.model or ["cnn_lstm", "cnn"]
     unknown = [n for n in names if n not in list_models()]

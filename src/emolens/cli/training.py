@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime import TORCH_HINT
 from .common import UsageError
 
 # ---------------------------------------------------------------------------------------------- train
@@ -77,11 +78,6 @@ def _cmd_train(args) -> int:
     except TrainingError as e:  # a diverged run: the user's fix is a smaller --lr
         raise UsageError(str(e)) from None
     return 0
-
-
-#: what `train` and the other torch-only commands say when PyTorch is missing
-TORCH_HINT = ("PyTorch: pip install 'emolens[train]' (CPU-only PyTorch, without the multi-GB CUDA build: "
-              "pip install torch --index-url https://download.pytorch.org/whl/cpu first)")
 
 
 def _import_train():
