@@ -235,6 +235,30 @@ def test_help_says_each_default_once_and_names_values():
     assert "--no-bars" in predict_help and "onnx, torch (default: auto)" in " ".join(predict_help.split())
 
 
+def test_every_option_with_a_default_shows_it():
+    """`serve --help` hid the server's one-view TTA: its help said "default ..." in words, which the formatter
+    takes as the default already stated. Each option whose default is a value must show that value."""
+    import argparse
+
+    from emolens.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif action.option_strings and action.default not in (None, False, True, argparse.SUPPRESS, [], ""):
+                yield path, parser, action
+
+    missing = []
+    for path, parser, action in walk(build_parser(), "emolens"):
+        text = " ".join(parser.formatter_class("x")._get_help_string(action).split())
+        value = action.default if isinstance(action.default, str) else repr(action.default)
+        if "%(default)" not in text and str(action.default) not in text and value not in text:
+            missing.append(f"{path} {action.option_strings[0]} (default {action.default!r}): {text}")
+    assert not missing, "\n".join(missing)
+
+
 def test_predict_runtime_default_is_auto():
     from emolens.cli import build_parser
 

@@ -19,7 +19,7 @@ def _add_bench_serve(bsub) -> None:
     p.add_argument("--url", default=None, help="server to load (default: start a local one)")
     p.add_argument("--image", default=None, help="image to send (default: the packaged astronaut photo)")
     p.add_argument("--api-key", default=None, help="API key to send (default: env EMOLENS_API_KEY)")
-    p.add_argument("--tta", choices=TTA_CHOICES, default=None, help="TTA query option")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=None, help="tta the clients ask for (default: the server's)")
     p.add_argument("--model", default=None, help="model for the local server (default: the shipped one)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the local server")
     p.add_argument("--slow-clients", type=int, default=0, metavar="N",
@@ -57,7 +57,7 @@ _BENCH_VERBS = ["predict", "video", "temporal", "serve", "train"]
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="speed measurements (predict, video, serve)",
+    p = sub.add_parser("bench", help="speed and quality measurements (predict, video, temporal, serve, train)",
                        description="Measure speed on this machine. Run `emolens bench SUBVERB --help`.")
     names = [n for n in _BENCH_VERBS if f"_add_bench_{n}" in globals()]
     bsub = p.add_subparsers(dest="bench_cmd", metavar="{" + ",".join(names) + "}", required=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime import SMOOTH_CHOICES, TTA_CHOICES
+from ..runtime import DEFAULT_TTA, SMOOTH_CHOICES, TTA_CHOICES
 from .common import UsageError
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -23,9 +23,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", default=None, help="required API key (default: env EMOLENS_API_KEY)")
     p.add_argument("--model", default=None, help=".onnx or .pt model (default: the shipped one)")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="inference runtime")
-    p.add_argument("--detector", default="auto", help="default face detector (a request may choose another)")
+    p.add_argument("--detector", default="auto", help="face detector for requests that do not name one")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
-                   help="default test-time augmentation (a request may choose another)")
+                   help="test-time augmentation for requests that do not name one (none: one view, fastest; "
+                        f"`emolens predict` uses {DEFAULT_TTA})")
     p.add_argument("--smooth", choices=SMOOTH_CHOICES, default="auto",
                    help="label smoothing per tracked face in the live stream (auto: temporal model if shipped)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted image file")

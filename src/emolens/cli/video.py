@@ -24,7 +24,7 @@ def _add_video(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", nargs="+", metavar="INPUT",
                    help="video file(s) or URL (rtsp://, http://...); several: see --out-dir")
-    p.add_argument("-o", "--output", default=None, help="annotated video (.mp4, .avi, .mkv, .mov)")
+    p.add_argument("-o", "--output", default=None, help="annotated video (.webm, .mp4, .m4v, .mov, .mkv, .avi)")
     p.add_argument("--csv", default=None,
                    help="timeline CSV: frame, time_s, track_id, x, y, w, h, detected, emotion, confidence, p_<class>")
     p.add_argument("--plot", default=None, help="timeline plot (.png, .pdf, .svg)")
