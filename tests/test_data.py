@@ -262,6 +262,20 @@ def test_missing_path(tmp_path):
     assert str(tmp_path / "nope.zip") in msg and "no such file or folder" in msg
 
 
+def test_no_data_given_names_the_option_and_the_variable(tmp_path, monkeypatch, capsys):
+    """`emolens evaluate` on a user's machine (no data, no $EMOLENS_FER2013, no development checkout beside it)
+    once said only that a development path was missing."""
+    import emolens.data
+    from emolens.cli import main
+
+    monkeypatch.delenv("EMOLENS_FER2013", raising=False)
+    monkeypatch.setattr(emolens.data, "default_data_path", lambda: emolens.data.FALLBACK_DATA)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate"]) != 0
+    err = capsys.readouterr().err
+    assert "--data" in err and "EMOLENS_FER2013" in err and "Traceback" not in err, err
+
+
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "folder is empty" in _error(load_dataset, tmp_path / "empty")

@@ -133,7 +133,11 @@ def default_data_path() -> Path:
         cand = parent.parent / "shared" / "data" / "fer2013.zip"
         if cand.exists():
             return cand
-    return Path("../shared/data/fer2013.zip")
+    return FALLBACK_DATA
+
+
+#: The development checkout's copy, where :func:`default_data_path` looks last; missing on a user's machine.
+FALLBACK_DATA = Path("../shared/data/fer2013.zip")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -488,6 +492,9 @@ def load_dataset(path: str | os.PathLike, skip_bad: bool = False, cache: bool = 
     """
     path = Path(path)
     if not path.exists():
+        if path == FALLBACK_DATA and not os.environ.get("EMOLENS_FER2013"):  # nothing was given
+            raise DataError("no FER data given: pass --data PATH (the Kaggle fer2013 folder or .zip, fer2013.csv or "
+                            "a <class>/ image folder) or set EMOLENS_FER2013 to it")
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
