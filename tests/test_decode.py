@@ -66,6 +66,12 @@ def test_pixel_limit_is_read_from_the_header_before_decoding():
 
     with pytest.raises(ImageError, match="too large .10000x6000 = 60.0 megapixels; the limit is 50"):
         decode_bytes(png(10000, 6000), "bomb.png")
+    import warnings
+
+    with warnings.catch_warnings():  # PIL warns from 89 MP on; our own error says it, once, in one line
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match="too large .12000x12000 = 144.0 megapixels"):
+            decode_bytes(png(12000, 12000), "bomb.png")
     with pytest.raises(ImageError, match="bomb.png: image too large"):  # PIL's own guard, further up
         decode_bytes(png(20000, 20000), "bomb.png")
     with pytest.raises(ImageError, match="limit is 0.001"):

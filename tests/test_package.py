@@ -59,5 +59,10 @@ def test_damaged_checkpoint_is_a_checkpoint_error(tmp_path: Path):
     with pytest.raises(CheckpointError, match="not an emolens checkpoint"):
         load_model(bad)
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(CheckpointError, match="not an emolens checkpoint"):
+    with pytest.raises(CheckpointError, match="not an emolens checkpoint") as e:
         read_checkpoint(tmp_path / "text.pt")
+    assert str(e.value).endswith("(not a PyTorch file, or a damaged one)")  # was "(101)", the unpickler's KeyError
+    (tmp_path / "junk.pt").write_bytes(b"garbage bytes here")
+    with pytest.raises(CheckpointError, match="not an emolens checkpoint") as e:
+        read_checkpoint(tmp_path / "junk.pt")
+    assert "weights_only" not in str(e.value)  # torch's advice to load with weights_only=False runs the file's code

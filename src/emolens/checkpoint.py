@@ -84,6 +84,10 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch's unpickler raises KeyError, IndexError, ... on arbitrary bytes)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if why.startswith("Weights only load failed"):  # torch's advice here (weights_only=False) runs the file's code
+            why = "not a PyTorch file of tensors; emolens loads weights only, never pickled code"
+        elif isinstance(e, KeyError | IndexError | EOFError | UnicodeDecodeError) or len(why) < 12:
+            why = "not a PyTorch file, or a damaged one"  # the unpickler's own words on arbitrary bytes: "101"
         raise CheckpointError(f"{path}: not an emolens checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an emolens checkpoint (no '{FORMAT}' header)")

@@ -10,6 +10,7 @@ count, read from the header before any pixel is decoded (decompression bombs). T
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,10 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     if kind == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise ImageError(f"{name}: truncated JPEG ({len(data)} bytes, no end-of-image marker after the image data)")
     try:
-        with Image.open(io.BytesIO(data)) as im:  # lazy: the header only, so the size check costs nothing
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: check_size gives the limit's own error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))  # lazy: the header only, so the size check costs nothing
+        with im:
             check_size(im.width, im.height, name, max_pixels)
             if kind == "JPEG":
                 check_jpeg_length(len(data), im.width, im.height, name)
