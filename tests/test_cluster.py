@@ -304,7 +304,10 @@ def test_cli_video_several_files_local_engine(clips, tmp_path, capsys):
     argv = ["video", str(clips / "two.avi"), str(clips / "broken.mp4"), "--out-dir", str(out), "--no-progress",
             "--smooth", "ema"]
     assert main(argv) == 1
-    assert "2 video(s): 1 done, 0 skipped, 1 failed (engine: local)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 video(s): 1 done, 0 skipped, 1 failed (engine: local)" in err
+    broken = str(clips / "broken.mp4")
+    assert f"error: {broken}: " in err and f"{broken}: {broken}" not in err  # the name once
     assert (out / "two" / "timeline.csv").is_file() and not (out / "two" / "annotated.mp4").exists()
     assert main(argv) == 1
     assert "1 skipped" in capsys.readouterr().err

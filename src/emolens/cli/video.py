@@ -109,7 +109,9 @@ def _cmd_video_batch(args) -> int:
         counts[r["status"]] += 1
         out = progress.console if progress is not None else err
         if r["status"] == "failed":
-            out.print(f"error: {r['source']}: {r['error']}", markup=False, highlight=False, soft_wrap=True)
+            msg = str(r["error"])  # most errors name their video already: "a.mp4: a.mp4: ..." said it twice
+            msg = msg if msg.startswith(f"{r['source']}:") else f"{r['source']}: {msg}"
+            out.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
         elif r["status"] == "skipped":
             out.print(f"{r['source']}: skipped, already complete in {r['folder']}/", markup=False, highlight=False,
                       soft_wrap=True)
