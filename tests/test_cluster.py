@@ -325,6 +325,7 @@ def test_video_jobs_folders_never_collide(tmp_path):
 
 def test_bench_engines_times_local_and_ray_on_the_same_photos(ray_cluster):
     from emolens.bench import EnginesBench, bench_engines, format_engines
+    from emolens.runtime import DEFAULT_TTA
 
     r = bench_engines(images=3, workers=(1,), batch_size=2)
     assert isinstance(r, EnginesBench) and r.images == 3 and r.cluster_cpus == 2
@@ -333,3 +334,4 @@ def test_bench_engines_times_local_and_ray_on_the_same_photos(ray_cluster):
     assert local["faces"] == ray_row["faces"] == 3 and ray_row["failed"] == 0  # one face in each photo
     assert all(row["images_per_s"] > 0 for row in r.rows) and r.to_dict()["rows"] == r.rows
     assert "| ray | 1 |" in format_engines(r)
+    assert f"with TTA {r.tta};" in format_engines(r) and r.tta == DEFAULT_TTA  # what ran (it said flip, ran shift)

@@ -30,6 +30,7 @@ class EnginesBench(Result):
     startup_s: float
     cpus: int
     cpu: str
+    tta: str = DEFAULT_TTA
 
 
 def _bench_images(folder: Path, n: int) -> list[Path]:
@@ -81,7 +82,7 @@ def bench_engines(images: int = 64, workers: tuple[int, ...] = (1, 2), address: 
 
                 ray.shutdown()
     return EnginesBench(rows, images, batch_size, cpus, address or "local (started for the run)", startup,
-                        os.cpu_count() or 0, _cpu_name())
+                        os.cpu_count() or 0, _cpu_name(), tta)
 
 
 def _cpu_name() -> str:
@@ -98,9 +99,10 @@ def _cpu_name() -> str:
 
 def format_engines(result: EnginesBench) -> str:
     """Markdown table of :func:`bench_engines`."""
-    lines = [f"{result['images']} photos (640x480, one face), `emolens predict` with TTA flip; {result['cpu']}, "
-             f"{result['cpus']} cores; Ray cluster: {result['cluster']}, {result['cluster_cpus']} CPUs, started in "
-             f"{result['startup_s']:.1f} s (not counted); Ray batch size {result['batch_size']}", "",
+    lines = [f"{result['images']} photos (640x480, one face), `emolens predict` with TTA {result['tta']}; "
+             f"{result['cpu']}, {result['cpus']} cores; Ray cluster: {result['cluster']}, "
+             f"{result['cluster_cpus']} CPUs, started in {result['startup_s']:.1f} s (not counted); "
+             f"Ray batch size {result['batch_size']}", "",
              "| engine | workers | seconds | images/s | images/s per worker | faces |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
