@@ -143,6 +143,7 @@ def test_drag_and_drop_upload_shows_annotated_result(server, browser_page, tmp_p
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "image/jpeg", "buffer": b"hello"}])
     page.wait_for_function("() => document.getElementById('photo-status').className === 'error'")
     assert "not a JPEG" in page.text_content("#photo-status")
+    assert page.query_selector("#photo-faces .face") is None  # the astronaut's faces are not left standing
     assert not page.outside, page.outside
 
 

@@ -362,6 +362,10 @@
     if (!file) return;
     status.className = "muted";
     status.textContent = `analysing ${file.name}...`;
+    // the previous photo's faces and boxes go now: after a failed upload they would read as this file's
+    $("photo-faces").replaceChildren();
+    const canvas = $("photo-canvas");
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     const form = new FormData();
     form.append("file", file, file.name);
     let body, r;
