@@ -248,3 +248,15 @@ def test_head_on_health_and_page(server):
     for path in ("/healthz", "/"):
         r = httpx.head(f"{server.url}{path}")
         assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+
+
+def test_a_largest_image_in_line_broken_base64_fits_the_body_limit():
+    """base64.encodebytes (76 characters and a newline per line) of an image at the size limit: once a 413."""
+    from emolens.serve import Limits
+    from emolens.serve.inputs import single_body_limit
+
+    for limits in (Limits(), Limits(max_upload_bytes=1_200_000)):
+        img = bytes(limits.max_upload_bytes)
+        for encoded in (base64.encodebytes(img), base64.encodebytes(img).replace(b"\n", b"\r\n")):
+            body = json.dumps({"image": encoded.decode()}).encode()
+            assert len(body) <= single_body_limit(limits), (len(body), single_body_limit(limits))
