@@ -594,7 +594,7 @@ def test_cli_data_stats_end_to_end(tmp_path, capsys):
     assert main(["data", "stats", str(root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "total" in printed and "exact-pixel duplicates: 3 groups" in printed
-    assert "across train and public: 1 images present in both" in printed
+    assert "across train and public: 1 distinct image in both (" in printed
 
     s = json.loads((out / "stats.json").read_text())
     assert s["images"] == 32

@@ -205,8 +205,9 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
         say(f"  within {s}: {w['groups']} groups, {w['extra_copies']} extra copies")
     for pair, x in d["across"].items():
         a, b = pair.split("-")
-        say(f"  across {a} and {b}: {x['groups']} images present in both ({x[f'images_{a}']} in {a}, "
-            f"{x[f'images_{b}']} in {b})")
+        n = x["groups"]
+        say(f"  across {a} and {b}: {n} distinct image{'' if n == 1 else 's'} in both ({x[f'images_{a}']} "
+            f"cop{'y' if x[f'images_{a}'] == 1 else 'ies'} in {a}, {x[f'images_{b}']} in {b})")
     blank = sum(d["constant_images"].values())
     if blank:
         say(f"  constant (blank) images: {blank} ("
