@@ -48,7 +48,6 @@ def _cmd_video(args) -> int:
 
     from ..outputs import check_new_files, check_outputs, fresh_folder
     from ..video import process_video
-    from ..video.run import check_plot_format
 
     if len(args.input) > 1 or args.engine == "ray":
         return _cmd_video_batch(args)
@@ -66,7 +65,6 @@ def _cmd_video(args) -> int:
         check_new_files([out, csv_path, plot])
     if args.max_frames < 0:
         raise UsageError("--max-frames must be 0 or more")
-    check_plot_format(plot)
     try:
         res = process_video(args.input, out, csv_path, plot, max_frames=args.max_frames,
                             progress=not args.no_progress, draw_bars=not args.no_bars, codec=args.codec,
