@@ -279,8 +279,8 @@ def test_cli_video_ray_matches_local_and_skips_complete_jobs(ray_cluster, clips,
     assert "broken.mp4" in err and "3 video(s): 2 done, 0 skipped, 1 failed" in err
     for name in ("one", "two"):
         folder = out / name
-        assert sorted(p.name for p in folder.iterdir()) == ["annotated.mp4", "summary.json", "timeline.csv",
-                                                            "timeline.png"]
+        assert sorted(p.name for p in folder.iterdir()) == ["annotated.mp4", "job.json", "summary.json",
+                                                            "timeline.csv", "timeline.png"]
         local = tmp_path / f"{name}-local.csv"
         process_video(str(clips / f"{name}.avi"), csv_path=local, progress=False, log=lambda m: None)
         _assert_same_csv(local, folder / "timeline.csv", 2e-4, ("frame", "time_s", "track_id", "x", "y", "w", "h"))
@@ -312,6 +312,31 @@ def test_cli_video_several_files_local_engine(clips, tmp_path, capsys):
     assert main(argv) == 1
     assert "1 skipped" in capsys.readouterr().err
     assert main(["video", str(clips / "two.avi"), str(clips / "one.avi"), "--csv", str(tmp_path / "x.csv")]) == 2
+
+
+def test_cli_video_several_files_leave_other_runs_outputs_alone(clips, tmp_path, capsys):
+    """`emolens video two.avi` wrote runs/video/two/; a multi-video run then took that folder for its own unfinished
+    job and rewrote its timeline. Now such a folder is left alone for two-2/; the job's own folder is still redone
+    in place after a kill (job.json) and skipped once complete."""
+    out = tmp_path / "out"
+    mine = out / "two"
+    mine.mkdir(parents=True)
+    for name in ("annotated.webm", "timeline.csv", "timeline.png"):
+        (mine / name).write_text(f"my {name}")
+    argv = ["video", str(clips / "two.avi"), str(clips / "broken.mp4"), "--out-dir", str(out), "--no-progress",
+            "--smooth", "ema"]
+    assert main(argv) == 1
+    printed = capsys.readouterr()
+    assert f"{out / 'two-2'}" in printed.out + printed.err  # the run says where the outputs went
+    assert {p.name: p.read_text() for p in mine.iterdir()} == {n: f"my {n}" for n in
+                                                                ("annotated.webm", "timeline.csv", "timeline.png")}
+    assert (out / "two-2" / "summary.json").is_file() and (out / "two-2" / "job.json").is_file()
+    assert main(argv) == 1
+    assert "1 skipped" in capsys.readouterr().err  # its own folder, complete: found again, not a two-3
+    assert not (out / "two-3").exists()
+    (out / "two-2" / "summary.json").unlink()  # a killed job: its own folder is redone in place
+    assert main(argv) == 1
+    assert (out / "two-2" / "summary.json").is_file() and not (out / "two-3").exists()
 
 
 def test_video_jobs_folders_never_collide(tmp_path):

@@ -330,6 +330,8 @@ def predict_files(files: Sequence[str | Path], *, annotated_names: Sequence[str]
 #: Files of a video job's folder; ``summary.json`` is written last and marks the folder complete.
 VIDEO_OUTPUTS = {"csv": "timeline.csv", "plot": "timeline.png", "video": "annotated.mp4"}
 SUMMARY = "summary.json"
+#: Written when a job starts (its video and options): the folder is then the job's own, to redo after a kill.
+JOB_MARKER = "job.json"
 
 
 @dataclass
@@ -379,6 +381,37 @@ def job_is_complete(job: VideoJob, settings: dict[str, Any]) -> bool:
     return all(Path(p).is_file() for p in summary.get("outputs", {}).values())
 
 
+def _owned_by(folder: Path, source: str) -> bool:
+    """Whether ``folder`` may hold ``source``'s job: new, empty (hidden temp files aside), or holding that video's
+    job marker or summary (a run of this engine, finished or killed). Anything else there is another command's
+    (``emolens video x.mp4`` writes ``runs/video/x/`` too) or the user's, and is never written over."""
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    if not names:
+        return True
+    for name in (JOB_MARKER, SUMMARY):
+        try:
+            doc = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("identity", {}).get("source") == _source_identity(source)["source"]:
+            return True
+    return False
+
+
+def claim_job_folder(job: VideoJob) -> VideoJob:
+    """``job`` with the folder it writes: its own (:func:`_owned_by`) ``out_dir/<name>``, else the first of
+    ``<name>-2``, ``<name>-3``... that is, so a job never writes over files it did not make."""
+    for k in range(1, 1000):
+        folder = job.folder if k == 1 else job.folder.with_name(f"{job.folder.name}-{k}")
+        if _owned_by(folder, job.source):
+            return VideoJob(job.source, folder)
+    raise OSError(f"{job.folder}: 1000 folders of this name hold other files; give another --out-dir")
+
+
 def run_video_job(job: VideoJob, settings: dict[str, Any], threads: int = 1) -> dict[str, Any]:
     """Process one video into its folder (the task each Ray worker runs; also the local engine's loop body).
 
@@ -387,6 +420,10 @@ def run_video_job(job: VideoJob, settings: dict[str, Any], threads: int = 1) -> 
     ``{"source", "status": "done" | "skipped" | "failed", "folder", "error"?, ...}``; never raises for a bad video."""
     from .checkpoint import atomic_write_bytes
 
+    try:
+        job = claim_job_folder(job)
+    except OSError as e:
+        return {"source": job.source, "folder": str(job.folder), "status": "failed", "error": str(e)}
     base = {"source": job.source, "folder": str(job.folder)}
     if job_is_complete(job, settings):
         return {**base, "status": "skipped"}
@@ -394,6 +431,9 @@ def run_video_job(job: VideoJob, settings: dict[str, Any], threads: int = 1) -> 
         from .predict import EmotionRecognizer
         from .video import VideoProcessor, process_video
 
+        job.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(job.folder / JOB_MARKER, (json.dumps(
+            {"identity": _source_identity(job.source), "settings": settings}, indent=2) + "\n").encode())
         # an old summary must not vouch for outputs being rewritten (a killed run's temp files are process_video's
         # to clear: emolens.outputs.remove_stale_temp_files)
         job.summary_path.unlink(missing_ok=True)
@@ -456,4 +496,4 @@ def run_video_jobs(jobs: Sequence[VideoJob], settings: dict[str, Any], *, engine
 
 __all__ = ["predict_dataset", "predict_files", "FileResult", "FaceLabeller", "connect", "cluster_cpus",
            "require_ray", "ClusterError", "INSTALL_HINT", "VideoJob", "video_jobs", "job_is_complete",
-           "run_video_job", "run_video_jobs", "VIDEO_OUTPUTS", "SUMMARY"]
+           "claim_job_folder", "run_video_job", "run_video_jobs", "VIDEO_OUTPUTS", "SUMMARY", "JOB_MARKER"]

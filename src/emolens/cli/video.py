@@ -37,7 +37,8 @@ def _add_video(sub) -> None:
     g = p.add_argument_group("several videos (or --engine ray)")
     g.add_argument("--out-dir", default="runs/video", metavar="DIR",
                    help="each video's timeline.csv, timeline.png and summary.json go to DIR/<name>/; a video whose "
-                        "folder is complete for the same options is skipped (delete the folder to redo it)")
+                        "folder is complete for the same options is skipped (delete the folder to redo it); a folder "
+                        "holding other files (an `emolens video` run's) is left alone for DIR/<name>-2/")
     g.add_argument("--annotate", action="store_true", help="also write DIR/<name>/annotated.mp4 for each video")
 
 
