@@ -390,7 +390,7 @@ def test_size_and_pixel_limits(server, photo):
     bomb = png_with_size(50_000, 50_000)  # 2.5 gigapixels claimed by a 70-byte file
     assert len(bomb) < 100
     msg = assert_error(post(u, files={"file": ("bomb.png", bomb, "image/png")}), 413, "too_many_pixels")
-    assert "2500000000 pixels" in msg["error"]["message"]
+    assert "2500000000 pixels" in msg["error"]["message"] and "178956970" not in msg["error"]["message"]
     assert_error(post(u, files={"file": ("b.png", png_with_size(1500, 1500), "image/png")}), 413, "too_many_pixels")
     many = [("file", (f"{i}.jpg", photo, "image/jpeg")) for i in range(4)]
     assert_error(post(f"{server.url}/v1/predict/batch", files=many), 413, "too_many_images")

@@ -64,6 +64,16 @@ def check_size(width: int, height: int, name: str, max_pixels: int = MAX_PIXELS)
                          f"the limit is {max_pixels / 1e6:g}): downscale it first")
 
 
+def bomb_message(error: Exception, name: str, max_pixels: int = MAX_PIXELS) -> str:
+    """Our one-limit message for PIL's DecompressionBombError (raised from the header, past twice PIL's own
+    limit): PIL's text names its limit (179 M pixels), not the one in force here."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1))} pixels" if found else "too many pixels"
+    return f"{name}: image too large ({size} in its header; the limit is {max_pixels} pixels): downscale it first"
+
+
 def check_jpeg_length(n_bytes: int, width: int, height: int, name: str) -> None:
     """ImageError when a JPEG is too short for its header's size (:data:`JPEG_MIN_BYTES_PER_MEGAPIXEL`): its data
     is missing, and decoding would make a large grey image out of nothing."""
@@ -131,7 +141,7 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable {kind} image (corrupt header)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: image too large ({e})") from None
+        raise ImageError(bomb_message(e, name, max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # PIL reports truncated/corrupt data as OSError
         raise ImageError(f"{name}: truncated or corrupt {kind} image ({str(e).splitlines()[0][:160]})") from None
     if img.size == 0:

@@ -79,7 +79,7 @@ def image_size(data: bytes, limits: Limits, name: str = "image") -> tuple[int, i
         with Image.open(io.BytesIO(data)) as im:  # lazy: parses the header only
             width, height = im.size
     except Image.DecompressionBombError as e:  # PIL's own guard, far above ours: say what it found
-        raise ApiError(413, "too_many_pixels", f"{name}: {e} (the limit here is {limits.max_pixels})") from None
+        raise ApiError(413, "too_many_pixels", _decode.bomb_message(e, name, limits.max_pixels)) from None
     except Exception:  # PIL raises many types for broken headers
         raise ApiError(422, "bad_image", f"{name}: unreadable {fmt.upper()} header (truncated or corrupt)") from None
     if width * height > limits.max_pixels:
